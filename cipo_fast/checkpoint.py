@@ -91,9 +91,12 @@ def save(ckpt_root: Path, step: int, model, optimizer, state: dict, keep: int = 
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     atomic_write_bytes(ckpt_root / "latest", lambda p: p.write_text(final.name + "\n"))
-    for old in sorted(ckpt_root.glob("step-*"))[:-keep] if keep > 0 else []:
-        if old.is_dir() and old != final and ".tmp" not in old.name:
-            shutil.rmtree(old, ignore_errors=True)
+    complete = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and ".tmp" not in p.name)
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob("step-*.tmp*"):  # left by a crash during an earlier save
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

@@ -55,7 +55,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir", default=None, help="reference log-prob cache (default ~/.cache/cipo-fast/refcache)"
     )
-    p.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--save-merged", action="store_true", help="LoRA: also write the merged model")
     p.add_argument("--resume", action="store_true")
@@ -68,10 +67,43 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    from cipo_fast.evaluation import EvalConfig
+    from cipo_fast.generation import STRATEGY_NAMES
+
+    d = EvalConfig.__dataclass_fields__
+    p.add_argument("--model", help="model to evaluate (HF dir, hub name, .gguf, smollm2-135m)")
+    p.add_argument("--model-before", help="a second model (e.g. before unlearning) for a before/after report")
+    p.add_argument("--predictions", help="JSONL {id, strategy, output}: score generations made elsewhere")
+    p.add_argument("--forget", required=True, help="forget items (R-TOFU/TOFU/synthetic JSON lines)")
+    p.add_argument("--task-ids", type=lambda s: tuple(int(x) for x in s.split(",")),
+                   help="R-TOFU folds to select from --forget, e.g. 1 or 1,2")
+    p.add_argument("--retain", help="retain items (key-fact accuracy)")
+    p.add_argument("--utility", help="GSM8K-format JSONL (reasoning accuracy)")
+    p.add_argument("--real-authors", help="R-TOFU real_authors set")
+    p.add_argument("--world-facts", help="R-TOFU world_facts set")
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGY_NAMES), help=", ".join(STRATEGY_NAMES))
+    p.add_argument("--samples", type=int, default=d["samples"].default, help="samples per sampling strategy")
+    p.add_argument("--limit", type=int, help="items per set")
+    p.add_argument("--utility-limit", type=int, default=d["utility_limit"].default)
+    p.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"].default)
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
+    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument("--prompt-format", default="auto", choices=["auto", "chat", "raw"])
+    p.add_argument("--system-prompt")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--label")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cipo-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_args(sub.add_parser("train", help="train with a preference / unlearning loss"))
+    _add_eval_args(sub.add_parser("eval", help="leakage in CoT and answer under decoding strategies; utility"))
     k = sub.add_parser("kernels", help="GPU readiness of the Triton kernels")
     k.add_argument(
         "--check",
@@ -93,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"done: {summary['steps']} steps, final loss {summary['final_loss']}, model in {summary['model_dir']}"
             )
+            return 0
+        if args.command == "eval":
+            from cipo_fast.evaluation import EvalConfig
+            from cipo_fast.evaluation import main as eval_main
+
+            fields = EvalConfig.__dataclass_fields__
+            opts = {k: v for k, v in vars(args).items() if k in fields}
+            opts["strategies"] = tuple(opts["strategies"])
+            eval_main(EvalConfig(**opts))
             return 0
         if args.command == "kernels":
             from cipo_fast import kernel_check

@@ -56,7 +56,7 @@ class TrainConfig:
     device: str = "auto"
     lora_r: int = 0
     lora_alpha: int = 16
-    gradient_checkpointing: bool = True
+    checkpoint_every: int = 1  # activation checkpointing of every n-th decoder layer; 0 = off
     trust_remote_code: bool = False
     backend: str = "auto"
     # reference log-probs
@@ -91,6 +91,7 @@ class TrainConfig:
             ),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
             (self.lora_r >= 0, f"--lora-r: expected >= 0, got {self.lora_r}"),
+            (self.checkpoint_every >= 0, f"--checkpoint-every: expected >= 0, got {self.checkpoint_every}"),
             (
                 not self.save_merged or self.lora_r > 0,
                 "--save-merged only applies to LoRA runs (--lora-r > 0)",

@@ -218,7 +218,7 @@ def load_singles(path: str | Path, tok: Tokenizer, completion_field: str = "comp
 def sniff_kind(path: str | Path) -> str:
     """'pairs' or 'singles' from the first row's fields."""
     lineno, first = read_jsonl(path)[0]
-    if {"chosen", "rejected"} <= first.keys():
+    if {"chosen", "rejected"} & first.keys():
         return "pairs"
     if "completion" in first:
         return "singles"

@@ -74,8 +74,13 @@ def _varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     return out.transpose(1, 2).contiguous(), None
 
 
-def _no_mask(*args, **kwargs):
-    return None
+def _varlen_mask(attention_mask=None, **kwargs):
+    """No mask for packed training calls (isolation comes from `cu_seq_lens`); SDPA's mask for generation."""
+    if attention_mask is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(attention_mask=attention_mask, **kwargs)
 
 
 def register_varlen_attention() -> None:
@@ -83,7 +88,7 @@ def register_varlen_attention() -> None:
     from transformers.modeling_utils import AttentionInterface
 
     AttentionInterface.register(VARLEN_ATTN, _varlen_sdpa)
-    AttentionMaskInterface.register(VARLEN_ATTN, _no_mask)
+    AttentionMaskInterface.register(VARLEN_ATTN, _varlen_mask)
 
 
 def pick_attention(device: torch.device) -> str:
@@ -181,7 +186,7 @@ class ModelOptions:
     lora_r: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    gradient_checkpointing: bool = False
+    checkpoint_every: int = 0  # activation checkpointing of every n-th decoder layer; 0 = off
     liger: bool = True  # Liger's RMSNorm/SwiGLU/RoPE kernels on CUDA when installed
 
 
@@ -233,11 +238,11 @@ def load_model(source: str, opts: ModelOptions):
     model.to(device)
     if opts.liger and device.type == "cuda":
         _apply_liger(model)
-    if opts.gradient_checkpointing:
-        enable = (
-            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        )
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if opts.checkpoint_every > 0:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=opts.checkpoint_every)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if opts.lora_r > 0:
         from peft import LoraConfig, get_peft_model
@@ -250,7 +255,7 @@ def load_model(source: str, opts: ModelOptions):
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lcfg)
-        if opts.gradient_checkpointing:
+        if opts.checkpoint_every > 0:
             model.enable_input_require_grads()
     return model, tokenizer
 

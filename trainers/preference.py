@@ -113,6 +113,61 @@ class StepStats:
         return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
 
 
+def accumulate_step(
+    model, groups: list[tuple], retain_seqs: list, ref, cfg: TrainConfig, stats: StepStats, autocast=None
+) -> None:
+    """Forward + backward of one optimizer step's samples (gradients accumulate; no optimizer step).
+
+    `groups` are (chosen, rejected) pairs or 1-tuples of sequences; their loss is `cfg.loss`, averaged over
+    the groups. `retain_seqs` add `cfg.retain_weight` x their mean token-level NLL. Micro-batches follow
+    `cfg.token_budget`; each contributes its share, so the gradient does not depend on the split.
+    """
+    kind, loss_fn = losses.get_loss(cfg.loss)
+    params = losses.LossParams(
+        beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma
+    )
+    for mb in pack(groups, cfg.token_budget):
+        logps = micro_batch_logps(model, mb, cfg.backend, autocast)
+        lengths = mb.lengths.to(logps.device, torch.float32)
+        refs = (
+            ref.get([s for gi in mb.groups for s in groups[gi]]).to(logps.device) if ref is not None else None
+        )
+        if kind == "pairwise":
+            c, r = mb.pairs[:, 0].to(logps.device), mb.pairs[:, 1].to(logps.device)
+            x = losses.PairLogps(
+                logps[c],
+                logps[r],
+                refs[c] if refs is not None else None,
+                refs[r] if refs is not None else None,
+                lengths[c],
+                lengths[r],
+            )
+            per, rc, rr = loss_fn(x, params)
+            stats.add("logps/chosen", logps[c])
+            stats.add("logps/rejected", logps[r])
+            stats.add("rewards/chosen", rc)
+            stats.add("rewards/rejected", rr)
+            stats.add("rewards/margins", rc - rr)
+            stats.add("rewards/accuracies", (rc > rr).float())
+        else:
+            per = loss_fn(losses.SeqLogps(logps, refs, lengths), params)
+            stats.add("logps/policy", logps)
+            if refs is not None:
+                stats.add("logps/reference", refs)
+        part = per.sum() / len(groups)
+        part.backward()
+        stats.loss += float(part.detach())
+        stats.tokens += mb.num_tokens
+    for mb in pack([(s,) for s in retain_seqs], cfg.token_budget):
+        logps = micro_batch_logps(model, mb, cfg.backend, autocast)
+        per = -logps / mb.lengths.to(logps.device, torch.float32)  # token-mean NLL per sequence
+        part = cfg.retain_weight * per.sum() / len(retain_seqs)
+        part.backward()
+        stats.loss += float(part.detach())
+        stats.add("loss/retain", per)
+        stats.tokens += mb.num_tokens
+
+
 # ----------------------------------------------------------------------------------------------------
 # reference log-probs
 # ----------------------------------------------------------------------------------------------------
@@ -195,10 +250,7 @@ def main(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    kind, loss_fn = losses.get_loss(cfg.loss)
-    params = losses.LossParams(
-        beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma
-    )
+    kind, _ = losses.get_loss(cfg.loss)
     needs_ref = losses.needs_reference(cfg.loss)
 
     # ---- data first: bad input fails before anything is written ----
@@ -237,7 +289,7 @@ def main(cfg: TrainConfig) -> dict:
         trust_remote_code=cfg.trust_remote_code,
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        checkpoint_every=cfg.checkpoint_every,
     )
     model, _ = load_model(cfg.model, mopts)
     check_logits_path(model, hf_tok, cfg.backend)
@@ -322,47 +374,12 @@ def main(cfg: TrainConfig) -> dict:
         stats = StepStats()
         if ref is not None and cfg.ref_mode == "lazy":
             stats.ref_tokens = ref.ensure([s for g in groups for s in g], source_is_policy=False)
-        for mb in pack(groups, cfg.token_budget):
-            logps = micro_batch_logps(model, mb, cfg.backend, autocast)
-            lengths = mb.lengths.to(logps.device, torch.float32)
-            seqs = [s for gi in mb.groups for s in groups[gi]]
-            refs = ref.get(seqs).to(logps.device) if ref is not None else None
-            if kind == "pairwise":
-                c, r = mb.pairs[:, 0].to(logps.device), mb.pairs[:, 1].to(logps.device)
-                x = losses.PairLogps(
-                    logps[c],
-                    logps[r],
-                    refs[c] if refs is not None else None,
-                    refs[r] if refs is not None else None,
-                    lengths[c],
-                    lengths[r],
-                )
-                per, rc, rr = loss_fn(x, params)
-                stats.add("logps/chosen", logps[c])
-                stats.add("logps/rejected", logps[r])
-                stats.add("rewards/chosen", rc)
-                stats.add("rewards/rejected", rr)
-                stats.add("rewards/margins", rc - rr)
-                stats.add("rewards/accuracies", (rc > rr).float())
-            else:
-                per = loss_fn(losses.SeqLogps(logps, refs, lengths), params)
-                stats.add("logps/policy", logps)
-                if refs is not None:
-                    stats.add("logps/reference", refs)
-            part = per.sum() / len(samples)
-            part.backward()
-            stats.loss += float(part.detach())
-            stats.tokens += mb.num_tokens
-        if retain:
-            ridx = retain_indices(step, len(retain), cfg.batch_size, cfg.seed)
-            for mb in pack([(retain[i].seq,) for i in ridx], cfg.token_budget):
-                logps = micro_batch_logps(model, mb, cfg.backend, autocast)
-                per = -logps / mb.lengths.to(logps.device, torch.float32)  # token-mean NLL per sequence
-                part = cfg.retain_weight * per.sum() / len(ridx)
-                part.backward()
-                stats.loss += float(part.detach())
-                stats.add("loss/retain", per)
-                stats.tokens += mb.num_tokens
+        retain_seqs = (
+            [retain[i].seq for i in retain_indices(step, len(retain), cfg.batch_size, cfg.seed)]
+            if retain
+            else []
+        )
+        accumulate_step(model, groups, retain_seqs, ref, cfg, stats, autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
