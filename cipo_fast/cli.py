@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="compile every kernel config for sm_80 and sm_90a; one JSON line per config",
     )
-    k.add_argument("--targets", nargs="+", default=["sm_80", "sm_90a"])
+    k.add_argument("--targets", help="comma-separated GPU targets (default: sm_80,sm_86,sm_90a,sm_100a)")
+    k.add_argument("--jobs", type=int, help="compile processes")
     return parser
 
 
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "kernels":
             from cipo_fast import kernel_check
 
-            return kernel_check.main(["--targets", *args.targets])
+            argv = (["--targets", args.targets] if args.targets else []) + (["--jobs", str(args.jobs)] if args.jobs else [])
+            return kernel_check.main(argv)
     except ValueError as e:
         print(f"cipo-fast {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -46,7 +46,8 @@ class LogprobOptions:
     backend: str = "auto"
     chunk_size: int | None = None  # tokens per chunk for `chunked`; None: fit `_CHUNK_BYTES`
     softcap: float | None = None  # logits -> softcap * tanh(logits / softcap)
-    filter_eps: float | None = None  # triton: skip softmax blocks with max p*|g| below this; None: dtype eps
+    filter_eps: float | None = None  # triton: skip tiles whose max |onehot(y) - p| (over tokens with g != 0)
+    # is below this; 0 = off; None = auto: finfo(dtype).eps / 32 for fp16/bf16, off for fp32
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Triton kernels and their host launchers (see DESIGN.md section 2)."""
