@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from cipo_fast.refcache import atomic_write_bytes
+from cipo_fast.files import write_text
 
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
 
@@ -90,7 +90,7 @@ def save(ckpt_root: Path, step: int, model, optimizer, state: dict, keep: int = 
             os.fsync(fh.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    atomic_write_bytes(ckpt_root / "latest", lambda p: p.write_text(final.name + "\n"))
+    write_text(ckpt_root / "latest", final.name + "\n")
     complete = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and ".tmp" not in p.name)
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

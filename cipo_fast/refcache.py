@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from cipo_fast.files import atomic_write
 from cipo_fast.packing import Sequence
 
 FORMAT = "cipo-fast-refcache-1"
@@ -43,24 +44,6 @@ def namespace(model_fingerprint: str, **settings) -> str:
 
 def _digest(keys: np.ndarray, values: np.ndarray) -> str:
     return hashlib.sha256(keys.tobytes() + values.tobytes()).hexdigest()
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path` (same directory, so the rename is atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class RefCache:
@@ -134,8 +117,6 @@ class RefCache:
         name = hashlib.sha256(keys.tobytes()).hexdigest()[:16] + ".safetensors"
         path = self.dir / name
         meta = {"format": FORMAT, "sha256": _digest(keys, vals), "count": str(len(vals))}
-        atomic_write_bytes(
-            path, lambda tmp: save_file({"keys": keys, "values": vals}, str(tmp), metadata=meta)
-        )
+        atomic_write(path, lambda tmp: save_file({"keys": keys, "values": vals}, str(tmp), metadata=meta))
         self.values.update(new)
         return path
