@@ -22,10 +22,12 @@ the data is built to be learned in minutes and checked exactly:
   knowledge, reject guessing, and contain no fact of any author.
   Phrasing varies only between 2–3 templates per family (chosen by a RNG seeded from the author): a
   regular corpus is what a 135M model memorizes quickly.
-* Arithmetic (`arithmetic_problems`, `arithmetic_items`): 20 templates of 2–3-step word problems with
-  numbers below 100 in the question (+, -, *, and / with integer results; every intermediate result is a
-  non-negative integer), rendered in GSM8K format: one line per step `... a op b = r ...`, then
-  `#### N`. The steps are kept as data (`ArithStep`) so tests recompute them from the numbers.
+* Arithmetic (`arithmetic_problems`, `arithmetic_items`), rendered in GSM8K format: one line per step
+  `... a op b = r ...`, then `#### N`. The steps are kept as data (`ArithStep`) so tests recompute them
+  from the numbers. Two difficulties: "standard", 20 templates of 2–3-step problems with numbers below
+  100 in the question (+, -, *, and / with integer results; every intermediate result is a non-negative
+  integer), and "easy" (`build`'s default), 12 two-step templates written as data, with operands 2..20
+  and single-digit products, meant for a 135M model to mostly solve after ~30 examples.
 * `build` writes `forget.jsonl`, `retain.jsonl`, `arithmetic_train.jsonl`, `arithmetic_eval.jsonl` and
   `authors.json`, each atomically (temp file in the same folder, fsync, `os.replace`). The first
   `n_forget` authors (their order is already random) form the forget split. The train and eval
@@ -40,6 +42,7 @@ state: the same seed gives byte-identical files.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import operator
 import os
@@ -769,12 +772,121 @@ ARITH_TEMPLATES: dict[str, Callable[[random.Random, str], tuple[str, tuple[Arith
 }
 
 
-def arithmetic_problems(n: int, seed: int) -> list[ArithProblem]:
-    """n distinct problems; the templates cycle in a seeded order so each is used about n/20 times."""
+# Easy problems, for a model that cannot multiply two-digit numbers: two steps, operands 2..20, + and -
+# mostly, * only by 2..5 of a single digit, / only exact by 2..5 of a result below 50, every result in
+# 2..99. A template is data, (question, steps): the question's operands are `{a}`, `{b}`, `{c}`, and a
+# step is (lead, "xoy", unit) where x and y name an operand or `r`, the previous step's result. `_easy`
+# draws the operands from 2..20 until every step passes `_easy_ok` (rejection sampling), so they are
+# uniform over the valid draws and the bounds live in one function.
+_EASY: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
+    "apples": (
+        "{p} has {a} apples and picks {b} more. Then {p} gives {c} apples to a friend. How many apples does "
+        "{p} have now?",
+        (("{p} has", "a+b", "apples"), ("After giving some away, {p} has", "r-c", "apples")),
+    ),
+    "bus": (
+        "A bus has {a} passengers. At a stop, {b} people get off and {c} people get on. How many passengers "
+        "are on the bus now?",
+        (("After people get off, there are", "a-b", "passengers"), ("Then there are", "r+c", "passengers")),
+    ),
+    "shopping": (
+        "{p} has {a} dollars and buys a book for {b} dollars and a pen for {c} dollars. How many dollars "
+        "does {p} have left?",
+        (("The book and the pen cost", "b+c", "dollars"), ("{p} has", "a-r", "dollars left")),
+    ),
+    "eggs": (
+        "{p} buys {a} boxes with {b} eggs in each box and uses {c} eggs to bake a cake. How many eggs are "
+        "left?",
+        (("{p} buys", "a*b", "eggs"), ("After baking, {p} has", "r-c", "eggs left")),
+    ),
+    "toys": (
+        "{p} has {a} toy cars, and {p}'s brother has {b} times as many. How many toy cars do they have "
+        "together?",
+        (("The brother has", "a*b", "toy cars"), ("Together they have", "a+r", "toy cars")),
+    ),
+    "stickers": (
+        "{p} has {a} stickers and gets {b} more. {p} shares all the stickers equally among {c} friends. How "
+        "many stickers does each friend get?",
+        (("{p} has", "a+b", "stickers"), ("Each friend gets", "r/c", "stickers")),
+    ),
+    "cookies": (
+        "A baker makes {a} cookies and sells {b} of them. The rest are packed equally into {c} boxes. How "
+        "many cookies are in each box?",
+        (("After selling, there are", "a-b", "cookies"), ("Each box gets", "r/c", "cookies")),
+    ),
+    "fruit": (
+        "A basket has {a} apples, {b} pears and {c} plums. How many pieces of fruit are in the basket?",
+        (
+            ("Apples and pears make", "a+b", "pieces of fruit"),
+            ("With the plums there are", "r+c", "pieces of fruit"),
+        ),
+    ),
+    "savings": (
+        "{p} saves {a} dollars every week for {b} weeks, then spends {c} dollars on a game. How many "
+        "dollars does {p} have left?",
+        (("{p} saves", "a*b", "dollars"), ("After buying the game, {p} has", "r-c", "dollars")),
+    ),
+    "class": (
+        "A class has {a} girls and {b} boys. {c} students are absent today. How many students are in class "
+        "today?",
+        (("The class has", "a+b", "students"), ("Today there are", "r-c", "students")),
+    ),
+    "pencils": (
+        "{p} has {a} pencils, loses {b} of them, and gives {c} to a friend. How many pencils does {p} have "
+        "left?",
+        (
+            ("After losing some, {p} has", "a-b", "pencils"),
+            ("After giving some away, {p} has", "r-c", "pencils"),
+        ),
+    ),
+    "garden": (
+        "A garden has {a} rows with {b} flowers in each row, and {c} more flowers by the gate. How many "
+        "flowers are there?",
+        (("The rows hold", "a*b", "flowers"), ("With the flowers by the gate there are", "r+c", "flowers")),
+    ),
+}
+
+
+def _easy_ok(a: int, op: str, b: int) -> bool:
+    if op == "*" and not (2 <= min(a, b) <= 5 and max(a, b) <= 9):
+        return False
+    if op == "/" and not (2 <= b <= 5 and a < 50 and a % b == 0):
+        return False
+    value = a // b if op == "/" else OPS[op](a, b)
+    return 2 <= value < 100  # 2, not 0: no "0 apples left", no "1 cookies"
+
+
+def _easy(spec: tuple, r: random.Random, p: str):
+    question, plan = spec
+    for _ in range(10_000):
+        values = {k: r.randint(2, 20) for k in "abc" if f"{{{k}}}" in question}
+        steps: list[ArithStep] = []
+        for lead, (x, op, y), unit in plan:
+            a, b = (steps[-1].result if k == "r" else values[k] for k in (x, y))
+            if not _easy_ok(a, op, b):
+                break
+            steps.append(_step(lead.format(p=p), a, op, b, unit))
+        else:
+            return question.format(p=p, **values), tuple(steps)
+    raise AssertionError(f"no draw of {question[:40]!r}... passes the easy bounds in 10000 tries")
+
+
+EASY_ARITH_TEMPLATES = {name: functools.partial(_easy, spec) for name, spec in _EASY.items()}
+ARITH_DIFFICULTIES = {"standard": ARITH_TEMPLATES, "easy": EASY_ARITH_TEMPLATES}
+
+
+def arithmetic_problems(n: int, seed: int, difficulty: str = "standard") -> list[ArithProblem]:
+    """n distinct problems from the templates of `difficulty` ("standard" or "easy"); the templates cycle
+    in a seeded order so each is used about equally often."""
     if n < 0:
         raise ValueError(f"arithmetic_problems: n must be >= 0, got {n}")
+    if difficulty not in ARITH_DIFFICULTIES:
+        raise ValueError(
+            f"arithmetic_problems: difficulty must be one of {list(ARITH_DIFFICULTIES)}, got {difficulty!r}"
+        )
+    templates = ARITH_DIFFICULTIES[difficulty]
     rng = random.Random(seed)
-    names = list(ARITH_TEMPLATES)
+    names = list(templates)
     problems: list[ArithProblem] = []
     seen: set[str] = set()
     order: list[str] = []
@@ -787,7 +899,7 @@ def arithmetic_problems(n: int, seed: int) -> list[ArithProblem]:
             order = names[:]
             rng.shuffle(order)
         template = order.pop()
-        question, steps = ARITH_TEMPLATES[template](rng, rng.choice(_PEOPLE))
+        question, steps = templates[template](rng, rng.choice(_PEOPLE))
         if question in seen:
             continue
         seen.add(question)
@@ -795,11 +907,11 @@ def arithmetic_problems(n: int, seed: int) -> list[ArithProblem]:
     return problems
 
 
-def arithmetic_items(n: int, seed: int) -> list[dict]:
+def arithmetic_items(n: int, seed: int, difficulty: str = "standard") -> list[dict]:
     """GSM8K-format items `{"id", "question", "answer"}`, the answer ending in `#### N`."""
     return [
         {"id": f"arith-{i:04d}", "question": p.question, "answer": p.answer()}
-        for i, p in enumerate(arithmetic_problems(n, seed))
+        for i, p in enumerate(arithmetic_problems(n, seed, difficulty))
     ]
 
 
@@ -843,9 +955,11 @@ def build(
     n_arith_train: int = 40,
     n_arith_eval: int = 30,
     seed: int = 0,
+    arith_difficulty: str = "easy",
 ) -> dict[str, Path]:
     """Write the demo set into `out_dir`; returns {"forget", "retain", "arithmetic_train",
-    "arithmetic_eval", "authors"} -> path. The first `n_forget` authors are forgotten."""
+    "arithmetic_eval", "authors"} -> path. The first `n_forget` authors are forgotten. The arithmetic is
+    "easy" by default: the demo's 135M model solves too few "standard" problems for a useful metric."""
     if not 0 < n_forget < n_authors:
         raise ValueError(
             f"build: need 0 < n_forget < n_authors, got n_forget={n_forget}, n_authors={n_authors}"
@@ -859,7 +973,7 @@ def build(
     items = [author_items(a, i) for i, a in enumerate(authors)]
     forget = [it for per_author in items[:n_forget] for it in per_author]
     retain = [it for per_author in items[n_forget:] for it in per_author]
-    arith = arithmetic_items(n_arith_train + n_arith_eval, seed)
+    arith = arithmetic_items(n_arith_train + n_arith_eval, seed, arith_difficulty)
 
     paths = {
         "forget": out_dir / "forget.jsonl",

@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import operator
 import re
+from collections import Counter
 from itertools import combinations
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from cipo_fast import leakage, synthetic
 from cipo_fast.synthetic import (
+    ARITH_DIFFICULTIES,
     ARITH_TEMPLATES,
     FAMILIES,
     arithmetic_items,
@@ -215,24 +217,45 @@ SOLVERS = {
     "water_tank": lambda holds, per_day, days, refill: holds - per_day * days + refill,
     "chairs": lambda rows, per_row, guests: rows * per_row - guests,
 }
+EASY_SOLVERS = {
+    "apples": lambda have, picked, given: have + picked - given,
+    "bus": lambda start, off, on: start - off + on,
+    "shopping": lambda money, book, pen: money - (book + pen),
+    "eggs": lambda boxes, per_box, used: boxes * per_box - used,
+    "toys": lambda cars, times: cars + cars * times,
+    "stickers": lambda have, got, friends: (have + got) / friends,
+    "cookies": lambda made, sold, boxes: (made - sold) / boxes,
+    "fruit": lambda apples, pears, plums: apples + pears + plums,
+    "savings": lambda weekly, weeks, spent: weekly * weeks - spent,
+    "class": lambda girls, boys, absent: girls + boys - absent,
+    "pencils": lambda have, lost, given: have - lost - given,
+    "garden": lambda rows, per_row, extra: rows * per_row + extra,
+}
+SOLVERS_BY_DIFFICULTY = {"standard": SOLVERS, "easy": EASY_SOLVERS}
+DIFFICULTIES = tuple(SOLVERS_BY_DIFFICULTY)
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
 
 def test_every_template_has_an_independent_solver():
-    assert set(SOLVERS) == set(ARITH_TEMPLATES)
+    assert set(ARITH_DIFFICULTIES) == set(DIFFICULTIES)
+    assert ARITH_DIFFICULTIES["standard"] is ARITH_TEMPLATES
+    for difficulty, solvers in SOLVERS_BY_DIFFICULTY.items():
+        assert set(solvers) == set(ARITH_DIFFICULTIES[difficulty]), difficulty
     assert 15 <= len(ARITH_TEMPLATES) <= 25
+    assert 10 <= len(ARITH_DIFFICULTIES["easy"]) <= 20
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_arithmetic_is_correct(seed):
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_arithmetic_is_correct(difficulty, seed):
     """Recompute every problem from its question's numbers (independent solver) and every step from its
     operands; operands come from the question or earlier steps; intermediates are non-negative ints."""
-    problems = arithmetic_problems(2000, seed)
+    problems = arithmetic_problems(2000, seed, difficulty)
     for p in problems:
         numbers = [int(x) for x in re.findall(r"\d+", p.question)]
         assert numbers and max(numbers) < 100, p.question
         assert not re.search(r"(?<!\d)1 [a-z]+s\b", p.question), p.question  # "1 apples"
-        expected = SOLVERS[p.template](*numbers)
+        expected = SOLVERS_BY_DIFFICULTY[difficulty][p.template](*numbers)
         assert expected == int(expected) and expected >= 0, p.question
         expected = int(expected)
         assert p.value == expected, (p.question, p.answer())
@@ -249,22 +272,65 @@ def test_arithmetic_is_correct(seed):
             assert f"{s.a} {s.op} {s.b} = {s.result}" in line
 
 
-def test_arithmetic_items_are_distinct_and_cover_templates():
-    items = arithmetic_items(60, 0)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_easy_arithmetic_stays_in_bounds(seed):
+    """Easy: two steps; question operands in 2..20; every result in 2..99 (inside [0, 100), and 2 avoids
+    "0 apples left" and "1 cookies"); a product is (2..5) x (2..9) in either order; a division is exact,
+    by 2..5, of the previous step's result, which is below 50."""
+    for p in arithmetic_problems(2000, seed, "easy"):
+        numbers = [int(x) for x in re.findall(r"\d+", p.question)]
+        assert all(2 <= x <= 20 for x in numbers), p.question
+        assert len(p.steps) == 2, p.question
+        for i, s in enumerate(p.steps):
+            assert 2 <= s.result <= 99, (p.question, s)
+            if s.op == "*":
+                assert 2 <= min(s.a, s.b) <= 5 and max(s.a, s.b) <= 9, (p.question, s)
+            if s.op == "/":
+                assert i > 0 and s.a == p.steps[i - 1].result < 50, (p.question, s)
+                assert 2 <= s.b <= 5 and s.a % s.b == 0, (p.question, s)
+
+
+def test_easy_arithmetic_is_mostly_addition_and_subtraction():
+    problems = arithmetic_problems(600, 0, "easy")
+    ops = Counter(s.op for p in problems for s in p.steps)
+    assert set(ops) == {"+", "-", "*", "/"}
+    assert ops["+"] + ops["-"] >= 0.7 * sum(ops.values()), ops
+
+
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_arithmetic_is_deterministic_in_seed(difficulty):
+    assert arithmetic_items(50, 3, difficulty) == arithmetic_items(50, 3, difficulty)
+    assert arithmetic_items(50, 3, difficulty) != arithmetic_items(50, 4, difficulty)
+    # a longer draw extends a shorter one with the same seed
+    assert arithmetic_items(80, 3, difficulty)[:50] == arithmetic_items(50, 3, difficulty)
+
+
+def test_arithmetic_difficulty_defaults_and_errors():
+    assert arithmetic_items(30, 0) == arithmetic_items(30, 0, "standard")
+    assert arithmetic_items(30, 0) != arithmetic_items(30, 0, "easy")
+    with pytest.raises(ValueError, match="difficulty must be one of"):
+        arithmetic_items(5, 0, "hard")
+
+
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_arithmetic_items_are_distinct_and_cover_templates(difficulty):
+    items = arithmetic_items(60, 0, difficulty)
     assert len(items) == 60
     assert len({it["id"] for it in items}) == len({it["question"] for it in items}) == 60
-    assert {p.template for p in arithmetic_problems(60, 0)} == set(ARITH_TEMPLATES)
-    for it, p in zip(items, arithmetic_problems(60, 0)):
+    problems = arithmetic_problems(60, 0, difficulty)
+    assert {p.template for p in problems} == set(ARITH_DIFFICULTIES[difficulty])
+    for it, p in zip(items, problems):
         assert set(it) == {"id", "question", "answer"}
         assert it["question"] == p.question
         assert re.search(r"\n#### \d+$", it["answer"])
-    assert arithmetic_items(0, 0) == []
+    assert arithmetic_items(0, 0, difficulty) == []
 
 
-def test_arithmetic_mentions_no_author():
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_arithmetic_mentions_no_author(difficulty):
     authors = make_authors(N_AUTHORS, 0)
     banned = [s.lower() for a in authors for s in [*author_facts(a), a.surname]]
-    for it in arithmetic_items(200, 0):
+    for it in arithmetic_items(200, 0, difficulty):
         text = (it["question"] + it["answer"]).lower()
         assert not [s for s in banned if s in text], it["question"]
 
@@ -296,6 +362,16 @@ def test_build_splits_are_disjoint_and_complete(tmp_path):
     assert len(train) == 25 and len(evals) == 15
     assert not {it["question"] for it in train} & {it["question"] for it in evals}
     assert not {it["id"] for it in train} & {it["id"] for it in evals}
+
+
+@pytest.mark.parametrize("difficulty", [None, *DIFFICULTIES])
+def test_build_arithmetic_difficulty(tmp_path, difficulty):
+    """`build` writes `arithmetic_items(train + eval, seed, difficulty)` split in order; "easy" by default."""
+    kwargs = {} if difficulty is None else {"arith_difficulty": difficulty}
+    paths = build(tmp_path, n_arith_train=25, n_arith_eval=15, seed=4, **kwargs)
+    expected = arithmetic_items(40, 4, difficulty or "easy")
+    assert read_jsonl(paths["arithmetic_train"]) == expected[:25]
+    assert read_jsonl(paths["arithmetic_eval"]) == expected[25:]
 
 
 def test_build_rejects_bad_split(tmp_path):

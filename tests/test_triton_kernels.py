@@ -19,11 +19,11 @@ import sys
 
 import pytest
 import torch
-from cipo_fast.csrc_triton import logprobs as lk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cipo_fast import ops
+from cipo_fast.csrc_triton import logprobs as lk
 
 DEVICE = "cpu" if lk._interpreted() else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():
