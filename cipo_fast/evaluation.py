@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import harmonic_mean, mean
 
-from cipo_fast import leakage
+from cipo_fast import leakage, textmetrics
 from cipo_fast.datasets import Item, load_gsm8k, load_items
 from cipo_fast.files import write_json, write_jsonl
 from cipo_fast.generation import STRATEGY_NAMES, GenConfig, Strategy, generate, make_strategies
@@ -136,8 +136,8 @@ def score_sample(
         leaked_cot=leakage.find_leaks(cot, facts) if free else [],
         leaked_answer=leakage.find_leaks(parts.answer, facts),
         free_cot=free,
-        rouge_answer=leakage.rouge_l_recall(parts.answer, item.answer),
-        rouge_cot=leakage.rouge_l_recall(cot, item.cot or item.answer) if free else None,
+        rouge_answer=textmetrics.rouge_l_recall(parts.answer, item.answer),
+        rouge_cot=textmetrics.rouge_l_recall(cot, item.cot or item.answer) if free else None,
         stepwise_cot=leakage.stepwise_leakage(cot, facts) if free else None,
     )
 
@@ -230,7 +230,7 @@ def summarize_forget(items: list[Item], scored: list[Scored], strategies: list[S
 def fact_recall(item: Item, answer: str) -> float:
     facts = item_facts(item)
     if not facts:
-        return float(leakage.rouge_l_recall(answer, item.answer) >= 0.5)
+        return float(textmetrics.rouge_l_recall(answer, item.answer) >= 0.5)
     return len(leakage.find_leaks(answer, facts)) / len(facts)
 
 
@@ -243,8 +243,8 @@ def accuracy_set(model, tok, items: list[Item], gen: GenConfig, kind: str, cfg: 
         parts = leakage.split_reasoning(text, cfg.open_tag, cfg.close_tag)
         answer = parts.answer if parts.answer.strip() else text
         if kind == "number":
-            pred = leakage.extract_final_number(answer)
-            score = float(leakage.numbers_match(pred, it.answer))
+            pred = textmetrics.extract_final_number(answer)
+            score = float(textmetrics.numbers_match(pred, it.answer))
             rows.append({"id": it.id, "correct": score, "pred": pred, "gold": it.answer, "output": text})
         else:
             score = fact_recall(it, answer)
@@ -252,7 +252,7 @@ def accuracy_set(model, tok, items: list[Item], gen: GenConfig, kind: str, cfg: 
                 {
                     "id": it.id,
                     "accuracy": score,
-                    "rouge_answer": leakage.rouge_l_recall(answer, it.answer),
+                    "rouge_answer": textmetrics.rouge_l_recall(answer, it.answer),
                     "output": text,
                 }
             )
@@ -394,9 +394,9 @@ def evaluate_model(model, tok, sets: dict[str, list[Item]], cfg: EvalConfig) -> 
 
 def _add_cosine(items: list[Item], rows: list[dict]) -> None:
     """Embedding cosine of each forget answer to the gold answer, when the MiniLM package is installed."""
-    if not leakage.Embedder.available():
+    if not textmetrics.Embedder.available():
         return
-    emb = leakage.Embedder()
+    emb = textmetrics.Embedder()
     gold = {it.id: it.answer for it in items}
     for r in rows:
         if r.get("set") == "forget" and r.get("outputs"):

