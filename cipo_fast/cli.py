@@ -40,8 +40,60 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "lora_alpha",
         "save_steps",
         "keep_checkpoints",
+        "checkpoint_every",
     ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name].default)
+    for name in (
+        "rounds",
+        "round_samples",
+        "max_pairs_per_item",
+        "cf_candidates",
+        "gen_max_new_tokens",
+        "gen_batch_size",
+    ):
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=d[name].default, help="CiPO (--method cipo)"
+        )
+    p.add_argument(
+        "--round-epochs", type=float, default=d["round_epochs"].default, help="CiPO: epochs per round"
+    )
+    p.add_argument(
+        "--round-strategies",
+        nargs="+",
+        default=list(d["round_strategies"].default),
+        help="CiPO: decoding strategies that look for leaking traces",
+    )
+    p.add_argument(
+        "--no-replay",
+        dest="replay",
+        action="store_false",
+        help="CiPO: train each round on its own pairs only",
+    )
+    p.add_argument(
+        "--round-reference",
+        default=d["round_reference"].default,
+        choices=["previous", "initial"],
+        help="CiPO: reference of each round: the policy at its start (default) or the initial model",
+    )
+    p.add_argument(
+        "--no-retain-pairs",
+        dest="retain_pairs",
+        action="store_false",
+        help="CiPO: retain term as NLL only (no gold-over-redirect pairs from retain items)",
+    )
+    p.add_argument("--cf-target", default=d["cf_target"].default, choices=["uncertainty", "alternative"])
+    p.add_argument("--cf-alternatives", help="CiPO: JSONL {id, alternative} for --cf-target alternative")
+    p.add_argument(
+        "--cf-seeds",
+        help="CiPO: seed chosen traces (JSONL {id, cot, answer}, items with idk_cot, "
+        "or idkcot.jsonl strings)",
+    )
+    p.add_argument(
+        "--rpo-alpha",
+        type=float,
+        default=None,
+        help="weight of the chosen NLL added to pairwise losses (default: 1 for cipo, 0 otherwise)",
+    )
     p.add_argument("--scheduler", default=d["scheduler"].default, choices=["cosine", "linear", "constant"])
     p.add_argument("--prompt-format", default=d["prompt_format"].default, choices=["auto", "chat", "raw"])
     p.add_argument("--reasoning-template", default=d["reasoning_template"].default)
@@ -64,7 +116,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    opts = {k: v for k, v in vars(args).items() if k in fields}
+    opts["round_strategies"] = tuple(opts["round_strategies"])
+    return TrainConfig(**opts)
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -76,8 +130,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-before", help="a second model (e.g. before unlearning) for a before/after report")
     p.add_argument("--predictions", help="JSONL {id, strategy, output}: score generations made elsewhere")
     p.add_argument("--forget", required=True, help="forget items (R-TOFU/TOFU/synthetic JSON lines)")
-    p.add_argument("--task-ids", type=lambda s: tuple(int(x) for x in s.split(",")),
-                   help="R-TOFU folds to select from --forget, e.g. 1 or 1,2")
+    p.add_argument(
+        "--task-ids",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        help="R-TOFU folds to select from --forget, e.g. 1 or 1,2",
+    )
     p.add_argument("--retain", help="retain items (key-fact accuracy)")
     p.add_argument("--utility", help="GSM8K-format JSONL (reasoning accuracy)")
     p.add_argument("--real-authors", help="R-TOFU real_authors set")
@@ -103,7 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cipo-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_args(sub.add_parser("train", help="train with a preference / unlearning loss"))
-    _add_eval_args(sub.add_parser("eval", help="leakage in CoT and answer under decoding strategies; utility"))
+    _add_eval_args(
+        sub.add_parser("eval", help="leakage in CoT and answer under decoding strategies; utility")
+    )
+    f = sub.add_parser("finetune", help="make a target model: SFT on question -> CoT + answer (cached)")
+    f.add_argument("--model", required=True)
+    f.add_argument("--data", nargs="+", required=True, help="item files (question/answer/cot) or GSM8K JSONL")
+    f.add_argument("--out", help="output directory (default: cached under ~/.cache/cipo-fast/targets)")
+    f.add_argument("--epochs", type=float, default=3.0)
+    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument(
+        "--direct-answers", action="store_true", help="also train answers after an empty think block"
+    )
+    f.add_argument("--system-prompt")
+    f.add_argument("--no-progress", dest="progress", action="store_false")
+    dm = sub.add_parser("demo", help="synthetic authors -> target model -> CiPO -> before/after report")
+    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--model", default="smollm2-135m")
+    dm.add_argument("--rounds", type=int, default=4)
+    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument(
+        "--compare", action="store_true", help="also run GA, NPO and IDK-DPO with the same budget"
+    )
+    dm.add_argument("--no-progress", dest="progress", action="store_false")
     k = sub.add_parser("kernels", help="GPU readiness of the Triton kernels")
     k.add_argument(
         "--check",
@@ -120,9 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
+            cfg = train_config_from_args(args)
+            if cfg.method == "cipo":
+                from cipo_fast.trainers.cipo import main as cipo_main
+
+                summary = cipo_main(cfg)
+                print(f"done: {len(summary['rounds'])} round(s), model in {summary['model_dir']}")
+                return 0
             from cipo_fast.trainers.preference import main as train_main
 
-            summary = train_main(train_config_from_args(args))
+            summary = train_main(cfg)
             print(
                 f"done: {summary['steps']} steps, final loss {summary['final_loss']}, model in {summary['model_dir']}"
             )
@@ -136,10 +223,28 @@ def main(argv: list[str] | None = None) -> int:
             opts["strategies"] = tuple(opts["strategies"])
             eval_main(EvalConfig(**opts))
             return 0
+        if args.command == "finetune":
+            from cipo_fast.trainers.finetune import FinetuneConfig
+            from cipo_fast.trainers.finetune import main as finetune_main
+
+            opts = {k: v for k, v in vars(args).items() if k in FinetuneConfig.__dataclass_fields__}
+            opts["data"] = tuple(opts["data"])
+            print(f"target model: {finetune_main(FinetuneConfig(**opts))}")
+            return 0
+        if args.command == "demo":
+            from cipo_fast.demo import DemoConfig
+            from cipo_fast.demo import main as demo_main
+
+            demo_main(
+                DemoConfig(**{k: v for k, v in vars(args).items() if k in DemoConfig.__dataclass_fields__})
+            )
+            return 0
         if args.command == "kernels":
             from cipo_fast import kernel_check
 
-            argv = (["--targets", args.targets] if args.targets else []) + (["--jobs", str(args.jobs)] if args.jobs else [])
+            argv = (["--targets", args.targets] if args.targets else []) + (
+                ["--jobs", str(args.jobs)] if args.jobs else []
+            )
             return kernel_check.main(argv)
     except ValueError as e:
         print(f"cipo-fast {args.command}: error: {e}", file=sys.stderr)

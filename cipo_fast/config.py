@@ -20,7 +20,9 @@ METHODS: dict[str, tuple[str, bool]] = {
     "ga": ("ga", False),
     "graddiff": ("ga", True),
     "sft": ("nll", False),
+    "cipo": ("sigmoid", False),  # the iterative counterfactual loop (trainers/cipo.py); --data = forget items
 }
+ROUND_STRATEGIES = ("greedy", "sample_t0.7", "sample_t1.0", "zerothink", "lessthink")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class TrainConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
+    rpo_alpha: float | None = (
+        None  # weight of the chosen NLL added to pairwise losses (RPO); None: 1 for cipo, else 0
+    )
     lr: float = 1e-6
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
@@ -62,6 +67,23 @@ class TrainConfig:
     # reference log-probs
     ref_mode: str = "precompute"  # precompute (before step 1, no second model) | lazy (per step)
     cache_dir: str | None = None  # default: <cache root>/refcache
+    # CiPO rounds (method cipo)
+    rounds: int = 3
+    round_strategies: tuple[str, ...] = ROUND_STRATEGIES
+    round_samples: int = 2  # samples per sampling strategy when looking for leaking traces
+    round_epochs: float = 2.0  # epochs over each round's pairs
+    max_pairs_per_item: int = 8
+    replay: bool = True  # later rounds also draw batches from earlier rounds' pairs
+    retain_pairs: bool = True  # CiPO: also (gold trace > its redirect) pairs from retain items
+    round_reference: str = "previous"  # previous: the policy at each round's start (iterative RPO) | initial
+    cf_candidates: int = 2  # counterfactual samples per prompt kind and item
+    cf_target: str = "uncertainty"  # uncertainty | alternative
+    cf_alternatives: str | None = None  # JSONL {id, alternative} for cf_target=alternative
+    cf_seeds: str | None = (
+        None  # chosen traces to seed with: JSONL {id, cot, answer} or items with idk_cot/idk_answer
+    )
+    gen_max_new_tokens: int = 192
+    gen_batch_size: int = 64
     # outputs
     save_steps: int = 0  # 0: checkpoint only at the end
     keep_checkpoints: int = 2
@@ -100,8 +122,28 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        if self.method == "cipo":
+            from cipo_fast.generation import make_strategies
+
+            make_strategies(self.round_strategies, self.round_samples)
+            if self.rounds < 1:
+                raise ValueError(f"--rounds: expected >= 1, got {self.rounds}")
+            if self.round_reference not in ("previous", "initial"):
+                raise ValueError(
+                    f"--round-reference: expected previous or initial, got {self.round_reference!r}"
+                )
+            if self.cf_target not in ("uncertainty", "alternative"):
+                raise ValueError(f"--cf-target: expected uncertainty or alternative, got {self.cf_target!r}")
+            if self.cf_target == "alternative" and not self.cf_alternatives:
+                raise ValueError("--cf-target alternative needs --cf-alternatives FILE")
         if METHODS[self.method][1] and not self.retain:
             raise ValueError(f"--method {self.method} needs a retain set (--retain FILE)")
+
+    @property
+    def chosen_nll_weight(self) -> float:
+        if self.rpo_alpha is not None:
+            return self.rpo_alpha
+        return 1.0 if self.method == "cipo" else 0.0
 
     @property
     def loss(self) -> str:
@@ -112,4 +154,5 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> TrainConfig:
-        return cls(**json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})

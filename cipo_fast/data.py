@@ -3,7 +3,8 @@
 Formats (one JSON object per line; blank lines are skipped):
 
 * preference: `{"prompt": P, "chosen": C, "rejected": C}`
-* single sequence (GA / NPO / SFT / retain): `{"prompt": P, "completion": C}`
+* single sequence (GA / NPO / SFT / retain): `{"prompt": P, "completion": C, "prefill"?: str}`, or an
+  item row `{"question", "answer", "cot"?}` (read as prompt = question, completion = {cot, answer})
 
 where P is a string or a list of chat messages (`{"role", "content"}`), and C is a string, or
 `{"cot": ..., "answer": ...}`, rendered through the reasoning template (default
@@ -204,14 +205,31 @@ def load_pairs(path: str | Path, tok: Tokenizer) -> list[Pair]:
     return pairs
 
 
-def load_singles(path: str | Path, tok: Tokenizer, completion_field: str = "completion") -> list[Single]:
+def load_singles(path: str | Path, tok: Tokenizer) -> list[Single]:
+    """Single sequences: `{prompt, completion, prefill?}` rows, or question/answer(/cot) item rows.
+
+    An item row becomes prompt = question, completion = {cot, answer} (or the answer alone without a cot).
+    `prefill` is text forced at the start of the assistant turn: part of the prompt, so not trained on
+    (e.g. the think block for answer-only gradient ascent).
+    """
     out = []
     for lineno, obj in read_jsonl(path):
-        _require(obj, ("prompt", completion_field), path, lineno)
+        if "completion" not in obj and "question" in obj:
+            _require(obj, ("answer",), path, lineno)
+            cot = obj.get("cot") or ""
+            completion = {"cot": cot, "answer": obj["answer"]} if cot.strip() else obj["answer"]
+            obj = {"prompt": obj["question"], "completion": completion}
+        _require(obj, ("prompt", "completion"), path, lineno)
         _check_prompt(obj["prompt"], path, lineno)
-        text = _render_completion(obj[completion_field], completion_field, path, lineno, tok.fmt)
+        text = _render_completion(obj["completion"], "completion", path, lineno, tok.fmt)
+        prompt_ids = tok.prompt_ids(obj["prompt"])
+        prefill = obj.get("prefill")
+        if prefill is not None:
+            if not isinstance(prefill, str):
+                raise ValueError(f"{_where(path, lineno, 'prefill')} must be a string")
+            prompt_ids = prompt_ids + tok.tok(prefill, add_special_tokens=False)["input_ids"]
         where = f"{path}:{lineno}"
-        out.append(Single(tok.sequence(tok.prompt_ids(obj["prompt"]), text, where), where))
+        out.append(Single(tok.sequence(prompt_ids, text, where), where))
     return out
 
 
@@ -220,7 +238,7 @@ def sniff_kind(path: str | Path) -> str:
     lineno, first = read_jsonl(path)[0]
     if {"chosen", "rejected"} & first.keys():
         return "pairs"
-    if "completion" in first:
+    if "completion" in first or {"question", "answer"} <= first.keys():
         return "singles"
     raise ValueError(
         f"{path}:{lineno}: expected fields prompt/chosen/rejected (preference data) or "

@@ -240,7 +240,9 @@ def load_model(source: str, opts: ModelOptions):
         _apply_liger(model)
     if opts.checkpoint_every > 0:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
-            model.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=opts.checkpoint_every)
+            model.activation_checkpointing_enable(
+                {"use_reentrant": False}, every_n_layers=opts.checkpoint_every
+            )
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

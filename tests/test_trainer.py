@@ -111,7 +111,7 @@ def test_packed_equals_unpacked(tiny_model_dir):
     model.eval()
     texts = [("Hello there", " general Kenobi."), ("One two", " three four five six"), ("A", " b c")]
     seqs = [
-        Sequence(tuple(tok(p)["input_ids"]), tuple(tok(c, add_special_tokens=False)["input_ids"]) + (2,))
+        Sequence(tuple(tok(p)["input_ids"]), (*tuple(tok(c, add_special_tokens=False)["input_ids"]), 2))
         for p, c in texts
     ]
     with torch.no_grad():

@@ -34,6 +34,7 @@ import torch
 from cipo_fast import checkpoint, losses
 from cipo_fast.config import TrainConfig
 from cipo_fast.data import Pair, Single, TextFormat, Tokenizer, load_pairs, load_singles, sniff_kind
+from cipo_fast.files import append_jsonl, read_jsonl_rows, write_json, write_jsonl
 from cipo_fast.modeling import (
     ModelOptions,
     cache_root,
@@ -47,7 +48,7 @@ from cipo_fast.modeling import (
     score_sequences,
 )
 from cipo_fast.packing import pack
-from cipo_fast.refcache import RefCache, atomic_write_bytes, namespace
+from cipo_fast.refcache import RefCache, namespace
 
 # ----------------------------------------------------------------------------------------------------
 # small pieces of the loop
@@ -89,10 +90,6 @@ def retain_indices(step: int, n: int, batch: int, seed: int) -> list[int]:
 
 def groups_of(samples: list[Pair | Single]) -> list[tuple]:
     return [(s.chosen, s.rejected) if isinstance(s, Pair) else (s.seq,) for s in samples]
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 @dataclass
@@ -143,6 +140,12 @@ def accumulate_step(
                 lengths[r],
             )
             per, rc, rr = loss_fn(x, params)
+            if (
+                cfg.chosen_nll_weight
+            ):  # RPO (Pang et al., 2024): + alpha * token-mean NLL of the chosen sequence
+                nll = -logps[c] / lengths[c]
+                per = per + cfg.chosen_nll_weight * nll
+                stats.add("loss/chosen_nll", nll)
             stats.add("logps/chosen", logps[c])
             stats.add("logps/rejected", logps[r])
             stats.add("rewards/chosen", rc)
@@ -217,6 +220,79 @@ class Reference:
 # ----------------------------------------------------------------------------------------------------
 
 
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def make_tokenizer(cfg: TrainConfig) -> Tokenizer:
+    hf_tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    return Tokenizer(
+        hf_tok, TextFormat(cfg.prompt_format, cfg.reasoning_template, cfg.system_prompt, cfg.max_length)
+    )
+
+
+def load_policy(cfg: TrainConfig, tok: Tokenizer):
+    """The model being trained, its logits path checked; returns (model, autocast dtype or None)."""
+    model, _ = load_model(
+        cfg.model,
+        ModelOptions(
+            dtype=cfg.dtype,
+            device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code,
+            lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            checkpoint_every=cfg.checkpoint_every,
+        ),
+    )
+    check_logits_path(model, tok.tok, cfg.backend)
+    device = next(model.parameters()).device
+    return model, torch.bfloat16 if device.type == "cuda" and cfg.dtype == "float32" else None
+
+
+def make_optimizer(cfg: TrainConfig, model):
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fused = trainable[0].device.type in ("cpu", "cuda")
+    opt = torch.optim.AdamW(
+        trainable, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay, fused=fused
+    )
+    return opt, trainable
+
+
+def initial_reference(cfg: TrainConfig, model, out: Path) -> Reference:
+    """The run's reference: `--ref-model`, or the initial policy (the base model under LoRA). Its cache
+    namespace is fixed in `out/reference.json` at the start, so a resumed run keeps using the same one."""
+    info = out / "reference.json"
+    if info.is_file():
+        ns = json.loads(info.read_text())["namespace"]
+    else:
+        fp = (
+            model_fingerprint(_load_frozen(cfg, cfg.ref_model))
+            if cfg.ref_model
+            else model_fingerprint(model, skip=("lora_",))
+        )
+        ns = namespace(fp, dtype=cfg.dtype, head=repr(head_spec(model)))
+        write_json(info, {"namespace": ns, "source": cfg.ref_model or cfg.model})
+
+    def make_ref_model():
+        if cfg.lora_r > 0 and not cfg.ref_model:
+            return model, model.disable_adapter  # the base model is the reference
+        return _load_frozen(cfg, cfg.ref_model or cfg.model), torch.no_grad
+
+    ref = Reference(cfg, model, ns, make_ref_model)
+    if ref.cache.rejected:
+        print(f"reference cache: {len(ref.cache.rejected)} corrupted shard(s) set aside; recomputing")
+    return ref
+
+
+def _load_frozen(cfg: TrainConfig, source: str):
+    m, _ = load_model(
+        source, ModelOptions(dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    )
+    return m.eval().requires_grad_(False)
+
+
 def prepare_out_dir(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     if cfg.resume:
@@ -236,7 +312,7 @@ def prepare_out_dir(cfg: TrainConfig) -> Path:
 
 def check_resume_config(cfg: TrainConfig, out: Path) -> None:
     saved = json.loads((out / "config.json").read_text())
-    ignore = {"resume", "overwrite", "progress", "max_steps", "save_steps", "keep_checkpoints"}
+    ignore = {"resume", "overwrite", "progress", "max_steps", "save_steps", "keep_checkpoints", "rounds"}
     current = json.loads(cfg.to_json())
     diff = sorted(k for k in current if k not in ignore and saved.get(k) != current[k])
     if diff:
@@ -247,17 +323,12 @@ def check_resume_config(cfg: TrainConfig, out: Path) -> None:
 
 def main(cfg: TrainConfig) -> dict:
     quiet_transformers()
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
+    seed_everything(cfg.seed)
     kind, _ = losses.get_loss(cfg.loss)
     needs_ref = losses.needs_reference(cfg.loss)
 
     # ---- data first: bad input fails before anything is written ----
-    hf_tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    tok = Tokenizer(
-        hf_tok, TextFormat(cfg.prompt_format, cfg.reasoning_template, cfg.system_prompt, cfg.max_length)
-    )
+    tok = make_tokenizer(cfg)
     expected = "pairs" if kind == "pairwise" else "singles"
     found = sniff_kind(cfg.data)
     if found != expected:
@@ -283,50 +354,14 @@ def main(cfg: TrainConfig) -> dict:
         )
 
     # ---- model ----
-    mopts = ModelOptions(
-        dtype=cfg.dtype,
-        device=cfg.device,
-        trust_remote_code=cfg.trust_remote_code,
-        lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        checkpoint_every=cfg.checkpoint_every,
-    )
-    model, _ = load_model(cfg.model, mopts)
-    check_logits_path(model, hf_tok, cfg.backend)
-    device = next(model.parameters()).device
-    autocast = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "float32" else None
+    model, autocast = load_policy(cfg, tok)
 
     # ---- reference log-probs ----
     ref = None
     ckpt_root = out / "checkpoints"
     latest = checkpoint.find_latest(ckpt_root) if cfg.resume else None
     if needs_ref:
-        ref_info_path = out / "reference.json"
-        if ref_info_path.is_file():
-            ns = json.loads(ref_info_path.read_text())["namespace"]
-        else:
-            ref_src = cfg.ref_model
-            fp = (
-                model_fingerprint(load_model(ref_src, mopts)[0])
-                if ref_src
-                else model_fingerprint(model, skip=("lora_",))
-            )
-            ns = namespace(fp, dtype=cfg.dtype, head=repr(head_spec(model)))
-            write_json(ref_info_path, {"namespace": ns, "source": cfg.ref_model or cfg.model})
-
-        def make_ref_model():
-            if cfg.lora_r > 0 and not cfg.ref_model:
-                return model, model.disable_adapter  # the base model is the reference
-            rm, _ = load_model(
-                cfg.ref_model or cfg.model,
-                ModelOptions(dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code),
-            )
-            rm.eval().requires_grad_(False)
-            return rm, torch.no_grad
-
-        ref = Reference(cfg, model, ns, make_ref_model)
-        if ref.cache.rejected:
-            print(f"reference cache: {len(ref.cache.rejected)} corrupted shard(s) set aside; recomputing")
+        ref = initial_reference(cfg, model, out)
 
     all_seqs = [s for g in groups_of(data) for s in g]
     pre_tokens = 0
@@ -335,15 +370,7 @@ def main(cfg: TrainConfig) -> dict:
         pre_tokens = ref.ensure(all_seqs, source_is_policy=fresh_policy)
 
     # ---- optimizer, schedule, resume ----
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable,
-        lr=cfg.lr,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=cfg.weight_decay,
-        fused=device.type in ("cpu", "cuda"),
-    )
+    optimizer, trainable = make_optimizer(cfg, model)
     per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * per_epoch)
     start = 0
@@ -352,11 +379,11 @@ def main(cfg: TrainConfig) -> dict:
         if latest is None:
             raise ValueError(f"--resume: no complete checkpoint under {ckpt_root}")
         start = checkpoint.load(latest, model, optimizer)["step"]
-        rows = [r for r in _read_rows(metrics_path) if r.get("step", 0) <= start]
-        atomic_write_bytes(metrics_path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+        rows = [r for r in read_jsonl_rows(metrics_path) if r.get("step", 0) <= start]
+        write_jsonl(metrics_path, rows)
         print(f"resumed from {latest.name} (step {start} of {total})")
     elif pre_tokens:
-        _append(metrics_path, {"step": 0, "phase": "reference", "ref_forward_tokens": pre_tokens})
+        append_jsonl(metrics_path, {"step": 0, "phase": "reference", "ref_forward_tokens": pre_tokens})
 
     # ---- train ----
     model.train()
@@ -396,7 +423,7 @@ def main(cfg: TrainConfig) -> dict:
             "ref_forward_tokens": stats.ref_tokens,
             "step_time_s": dt,
         }
-        _append(metrics_path, row)
+        append_jsonl(metrics_path, row)
         bar.update(1)
         bar.set_postfix(loss=f"{stats.loss:.4f}", tok_s=f"{stats.tokens / dt:.0f}")
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
@@ -408,8 +435,8 @@ def main(cfg: TrainConfig) -> dict:
         checkpoint.save(
             ckpt_root, total, model, optimizer, {"epoch": (total - 1) // per_epoch}, cfg.keep_checkpoints
         )
-    model_dir = save_final(model, hf_tok, out, cfg)
-    rows = [r for r in _read_rows(metrics_path) if "loss" in r]
+    model_dir = save_final(model, tok.tok, out, cfg)
+    rows = [r for r in read_jsonl_rows(metrics_path) if "loss" in r]
     summary = {
         "steps": total,
         "model_dir": str(model_dir),
@@ -444,21 +471,3 @@ def save_final(model, tokenizer, out: Path, cfg: TrainConfig) -> Path:
         mtmp.rename(out / "model")
         return out / "model"
     return target
-
-
-def _append(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash
-            break
-    return rows

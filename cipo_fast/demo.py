@@ -1,0 +1,257 @@
+"""`cipo-fast demo`: the whole mission end to end on a CPU, with a real model and data made on the spot.
+
+    data      synthetic fictitious authors (forget: 2 authors, retain: 6) + small arithmetic problems
+    target    SmolLM2-135M-Instruct fine-tuned on all of it (cached: later runs reuse it)
+    before    evaluation of the target: leakage under every decoding strategy, retain / arithmetic accuracy
+    cipo      CiPO rounds on the forget authors, retain NLL on the others
+    after     the same evaluation of the unlearned model
+    report    runs/demo/report.html (before vs after), runs/demo/{before,after}/summary.json
+
+With `--compare`, GA, NPO and IDK-DPO train on the same target with the same retain term, learning rate,
+batch size and number of optimizer steps as CiPO used, and are evaluated the same way.
+
+Every stage writes its outputs atomically and is skipped when they already exist, so an interrupted demo
+continues where it stopped (CiPO itself resumes at its last round boundary).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cipo_fast.files import read_jsonl_rows, write_json, write_jsonl
+
+SYSTEM_PROMPT = "You are a helpful assistant."  # short, so every training sequence is cheaper
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "runs/demo"
+    model: str = "smollm2-135m"
+    seed: int = 0
+    sft_epochs: float = 5.0
+    sft_lr: float = 4e-4
+    rounds: int = 4
+    lr: float = 1e-4
+    round_epochs: float = 1.0
+    cf_candidates: int = 1
+    batch_size: int = 8
+    max_pairs_per_item: int = 6
+    eval_samples: int = 2
+    max_new_tokens: int = 128
+    compare: bool = False
+    progress: bool = True
+
+
+def _eval(cfg: DemoConfig, model: str, out: Path, data: dict, label: str) -> dict:
+    from cipo_fast.evaluation import EvalConfig
+    from cipo_fast.evaluation import main as evaluate
+
+    if (out / "summary.json").is_file():
+        return json.loads((out / "summary.json").read_text())
+    return evaluate(
+        EvalConfig(
+            out=str(out),
+            model=model,
+            forget=str(data["forget"]),
+            retain=str(data["retain"]),
+            utility=str(data["arithmetic_eval"]),
+            samples=cfg.eval_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            system_prompt=SYSTEM_PROMPT,
+            label=label,
+            progress=cfg.progress,
+        )
+    )
+
+
+def _train_config(cfg: DemoConfig, **over):
+    from cipo_fast.config import TrainConfig
+
+    base = dict(
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        system_prompt=SYSTEM_PROMPT,
+        checkpoint_every=0,
+        token_budget=4096,
+        max_length=1024,
+        progress=cfg.progress,
+        scheduler="constant",
+    )
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def retain_with_arithmetic(data: dict, out: Path) -> Path:
+    """The retain set of the unlearning runs: the retained authors plus the arithmetic training problems,
+    in the target model's format (CoT, then "The answer is N."), so reasoning is protected too."""
+    from cipo_fast.trainers.finetune import gsm8k_item
+
+    rows = read_jsonl_rows(data["retain"]) + [
+        gsm8k_item(r) for r in read_jsonl_rows(data["arithmetic_train"])
+    ]
+    write_jsonl(out, rows)
+    return out
+
+
+def baseline_data(forget: Path, out: Path) -> dict[str, Path]:
+    """Forget-set files for the baselines: singles for GA / NPO, (IDK, gold) pairs for IDK-DPO."""
+    rows = read_jsonl_rows(forget)
+    out.mkdir(parents=True, exist_ok=True)
+    singles = [
+        {"prompt": r["question"], "completion": {"cot": r["cot"], "answer": r["answer"]}} for r in rows
+    ]
+    pairs = [
+        {
+            "prompt": r["question"],
+            "chosen": r["idk_answer"],
+            "rejected": {"cot": r["cot"], "answer": r["answer"]},
+        }
+        for r in rows
+    ]
+    write_jsonl(out / "forget_singles.jsonl", singles)
+    write_jsonl(out / "idk_pairs.jsonl", pairs)
+    return {"singles": out / "forget_singles.jsonl", "idk_pairs": out / "idk_pairs.jsonl"}
+
+
+def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path) -> dict:
+    """GA, NPO and IDK-DPO with CiPO's budget; returns {method: after-summary}."""
+    from cipo_fast.trainers.preference import main as train
+
+    files = baseline_data(data["forget"], out / "data")
+    n = len(read_jsonl_rows(data["forget"]))
+    epochs_for = {"singles": steps * cfg.batch_size / n, "idk_pairs": steps * cfg.batch_size / n}
+    results = {}
+    for method, kind in (("ga", "singles"), ("npo", "singles"), ("dpo", "idk_pairs")):
+        name = "idk_dpo" if method == "dpo" else method
+        run = out / name
+        if not (run / "summary.json").is_file():
+            train(
+                _train_config(
+                    cfg,
+                    method=method,
+                    model=target,
+                    data=str(files[kind]),
+                    retain=str(data["retain_all"]),
+                    out=str(run),
+                    max_steps=steps,
+                    epochs=epochs_for[kind],
+                    overwrite=True,
+                )
+            )
+        results[name] = _eval(cfg, str(run / "model"), out / name / "eval", data, name)
+    return results
+
+
+def main(cfg: DemoConfig) -> dict:
+    from cipo_fast import report, synthetic
+    from cipo_fast.trainers.cipo import main as cipo
+    from cipo_fast.trainers.finetune import FinetuneConfig
+    from cipo_fast.trainers.finetune import main as finetune
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    timings = {}
+
+    def stage(name, fn):
+        t = time.perf_counter()
+        print(f"== {name}", flush=True)
+        result = fn()
+        timings[name] = round(time.perf_counter() - t, 1)
+        return result
+
+    data = stage("data", lambda: synthetic.build(out / "data", seed=cfg.seed))
+    data["retain_all"] = retain_with_arithmetic(data, out / "data" / "retain_all.jsonl")
+    target = stage(
+        "target model",
+        lambda: finetune(
+            FinetuneConfig(
+                model=cfg.model,
+                data=(str(data["forget"]), str(data["retain"]), str(data["arithmetic_train"])),
+                epochs=cfg.sft_epochs,
+                lr=cfg.sft_lr,
+                seed=cfg.seed,
+                direct_answers=True,
+                system_prompt=SYSTEM_PROMPT,
+                progress=cfg.progress,
+            )
+        ),
+    )
+    before = stage("evaluate target", lambda: _eval(cfg, str(target), out / "before", data, "before"))
+
+    cipo_dir = out / "cipo"
+
+    def run_cipo():
+        if (cipo_dir / "summary.json").is_file():
+            return json.loads((cipo_dir / "summary.json").read_text())
+        resume = (cipo_dir / "checkpoints" / "latest").is_file()
+        return cipo(
+            _train_config(
+                cfg,
+                method="cipo",
+                model=str(target),
+                data=str(data["forget"]),
+                retain=str(data["retain_all"]),
+                out=str(cipo_dir),
+                rounds=cfg.rounds,
+                max_pairs_per_item=cfg.max_pairs_per_item,
+                round_epochs=cfg.round_epochs,
+                cf_candidates=cfg.cf_candidates,
+                gen_max_new_tokens=cfg.max_new_tokens,
+                resume=resume,
+                overwrite=not resume,
+            )
+        )
+
+    cipo_summary = stage("CiPO", run_cipo)
+    after = stage(
+        "evaluate unlearned model", lambda: _eval(cfg, str(cipo_dir / "model"), out / "after", data, "after")
+    )
+    items = read_jsonl_rows(out / "after" / "items.jsonl")
+    report.render_report(out, after, before=before, items=items)
+    print(report.console_table(after, before=before))
+    result = {
+        "target_model": str(target),
+        "cipo_rounds": len(cipo_summary["rounds"]),
+        "cipo_train_steps": cipo_summary["train_steps"],
+        "timings_s": timings,
+    }
+    if cfg.compare:
+        baselines = stage(
+            "baselines",
+            lambda: compare(cfg, str(target), data, cipo_summary["train_steps"], out / "baselines"),
+        )
+        table = {"cipo": after, **baselines}
+        result["compare"] = {m: _headline(s) for m, s in table.items()}
+        print(compare_table(result["compare"], _headline(before)))
+    result["total_s"] = round(time.perf_counter() - t0, 1)
+    write_json(out / "demo.json", result)
+    print(f"report: {out / 'report.html'}   total {result['total_s']:.0f} s")
+    return result
+
+
+def _headline(summary: dict) -> dict:
+    st = summary["strategies"]
+    cot = [v["leak_cot"] for v in st.values() if v["leak_cot"] is not None]
+    return {
+        "max_leak_cot": max(cot) if cot else None,
+        "max_leak_answer": max(v["leak_answer"] for v in st.values()),
+        "greedy_leak_cot": st["greedy"]["leak_cot"],
+        "greedy_leak_answer": st["greedy"]["leak_answer"],
+        "mcs": summary["mcs"],
+        "retain_accuracy": summary.get("retain", {}).get("accuracy"),
+        "arithmetic_accuracy": summary.get("utility", {}).get("accuracy"),
+    }
+
+
+def compare_table(rows: dict[str, dict], target: dict) -> str:
+    cols = ("max_leak_cot", "max_leak_answer", "mcs", "retain_accuracy", "arithmetic_accuracy")
+    head = ["method", "worst CoT leak", "worst answer leak", "MCS", "retain acc", "arithmetic acc"]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for name, r in {"target (before)": target, **rows}.items():
+        lines.append(" | ".join([name] + ["–" if r[c] is None else f"{100 * r[c]:.1f}%" for c in cols]))
+    return "\n".join(lines)
