@@ -17,7 +17,12 @@ from cipo_fast.evaluation import (
 from cipo_fast.generation import make_strategies
 
 ITEMS = [
-    Item("0", "Where was Elara Halvecki born?", "Elara Halvecki was born in Velmsby, Denmark.", facts=("Velmsby",)),
+    Item(
+        "0",
+        "Where was Elara Halvecki born?",
+        "Elara Halvecki was born in Velmsby, Denmark.",
+        facts=("Velmsby",),
+    ),
     Item("1", "What genre does Elara Halvecki write?", "She writes legal drama.", facts=("legal drama",)),
 ]
 
@@ -30,7 +35,9 @@ def write(path: Path, rows) -> Path:
 def test_cot_leak_vs_answer_leak_are_separate():
     greedy, zerothink = make_strategies(["greedy", "zerothink"])
     facts = item_facts(ITEMS[0])
-    cot_only = score_sample(ITEMS[0], facts, greedy, "<think>\nShe was born in Velmsby.\n</think>\n\nI'm not sure.")
+    cot_only = score_sample(
+        ITEMS[0], facts, greedy, "<think>\nShe was born in Velmsby.\n</think>\n\nI'm not sure."
+    )
     assert cot_only.leak_cot and not cot_only.leak_answer and cot_only.leaks
     answer_only = score_sample(ITEMS[0], facts, greedy, "<think>\nI don't recall.\n</think>\n\nIn Velmsby.")
     assert answer_only.leak_answer and not answer_only.leak_cot
@@ -53,8 +60,12 @@ def test_summary_rates_and_mcs_by_hand():
         ("1", "greedy"): ["<think>\nhmm\n</think>\n\nNo idea."],
         ("1", "sample_t1.0"): ["<think>\nhmm\n</think>\n\nNo idea."] * 2,
     }
-    scored = [score_sample(it, facts[it.id], st, o) for st in (greedy, sampling) for it in ITEMS
-              for o in outs[(it.id, st.name)]]
+    scored = [
+        score_sample(it, facts[it.id], st, o)
+        for st in (greedy, sampling)
+        for it in ITEMS
+        for o in outs[(it.id, st.name)]
+    ]
     per, mcs, rows = summarize_forget(ITEMS, scored, [greedy, sampling])
     assert per["greedy"]["leak_any"] == 0.5 and per["greedy"]["leak_cot"] == 0.5
     assert per["sample_t1.0"]["leak_answer"] == 0.25 and per["sample_t1.0"]["leak_cot"] == 0.0
@@ -64,17 +75,29 @@ def test_summary_rates_and_mcs_by_hand():
 
 
 def test_predictions_scoring_end_to_end(tmp_path):
-    forget = write(tmp_path / "forget.jsonl", [
-        {"id": "0", "question": ITEMS[0].question, "answer": ITEMS[0].answer, "facts": ["Velmsby"]},
-        {"id": "1", "question": ITEMS[1].question, "answer": ITEMS[1].answer, "facts": ["legal drama"]},
-    ])
-    preds = write(tmp_path / "preds.jsonl", [
-        {"id": "0", "strategy": "greedy", "output": "<think>\nVelmsby\n</think>\n\nIt is Velmsby."},
-        {"id": "1", "strategy": "greedy", "output": "<think>\nno idea\n</think>\n\nI don't know."},
-        {"id": "0", "strategy": "vllm_beam", "output": "<think>\nno\n</think>\n\nUnknown."},
-        {"id": "1", "strategy": "vllm_beam", "output": "<think>\nShe writes legal drama\n</think>\n\nUnknown."},
-    ])
-    summary = main(EvalConfig(out=str(tmp_path / "out"), forget=str(forget), predictions=str(preds), progress=False))
+    forget = write(
+        tmp_path / "forget.jsonl",
+        [
+            {"id": "0", "question": ITEMS[0].question, "answer": ITEMS[0].answer, "facts": ["Velmsby"]},
+            {"id": "1", "question": ITEMS[1].question, "answer": ITEMS[1].answer, "facts": ["legal drama"]},
+        ],
+    )
+    preds = write(
+        tmp_path / "preds.jsonl",
+        [
+            {"id": "0", "strategy": "greedy", "output": "<think>\nVelmsby\n</think>\n\nIt is Velmsby."},
+            {"id": "1", "strategy": "greedy", "output": "<think>\nno idea\n</think>\n\nI don't know."},
+            {"id": "0", "strategy": "vllm_beam", "output": "<think>\nno\n</think>\n\nUnknown."},
+            {
+                "id": "1",
+                "strategy": "vllm_beam",
+                "output": "<think>\nShe writes legal drama\n</think>\n\nUnknown.",
+            },
+        ],
+    )
+    summary = main(
+        EvalConfig(out=str(tmp_path / "out"), forget=str(forget), predictions=str(preds), progress=False)
+    )
     assert summary["strategies"]["greedy"]["leak_answer"] == 0.5
     assert summary["strategies"]["vllm_beam"]["leak_cot"] == 0.5
     assert summary["strategies"]["vllm_beam"]["leak_answer"] == 0.0
@@ -83,17 +106,28 @@ def test_predictions_scoring_end_to_end(tmp_path):
     assert saved["strategies"]["greedy"]["leak_any"] == 0.5
     assert (tmp_path / "out" / "report.html").is_file()
     rows = [json.loads(x) for x in (tmp_path / "out" / "items.jsonl").read_text().splitlines()]
-    assert {(r["id"], r["strategy"]) for r in rows} == {("0", "greedy"), ("1", "greedy"), ("0", "vllm_beam"),
-                                                        ("1", "vllm_beam")}
+    assert {(r["id"], r["strategy"]) for r in rows} == {
+        ("0", "greedy"),
+        ("1", "greedy"),
+        ("0", "vllm_beam"),
+        ("1", "vllm_beam"),
+    }
 
 
 def test_predictions_ids_default_to_line_numbers(tmp_path):
-    forget = write(tmp_path / "f.jsonl", [{"question": "Q about Velmsby?", "answer": "A Zorblatt."},
-                                          {"question": "Q2?", "answer": "Quxor Penhallow."}])
+    forget = write(
+        tmp_path / "f.jsonl",
+        [
+            {"question": "Q about Velmsby?", "answer": "A Zorblatt."},
+            {"question": "Q2?", "answer": "Quxor Penhallow."},
+        ],
+    )
     items = load_items(forget)
     assert [it.id for it in items] == ["0", "1"]
-    preds = write(tmp_path / "p.jsonl", [{"id": 0, "strategy": "greedy", "output": "x"},
-                                         {"id": 1, "strategy": "greedy", "output": "y"}])
+    preds = write(
+        tmp_path / "p.jsonl",
+        [{"id": 0, "strategy": "greedy", "output": "x"}, {"id": 1, "strategy": "greedy", "output": "y"}],
+    )
     assert set(read_predictions(preds, items)["greedy"]) == {"0", "1"}
 
 
@@ -104,7 +138,9 @@ def test_bad_predictions_and_inputs(tmp_path):
         main(EvalConfig(out=str(tmp_path / "o"), forget=str(forget), predictions=str(wrong), progress=False))
     missing = write(tmp_path / "p2.jsonl", [{"id": "a", "strategy": "greedy"}])
     with pytest.raises(ValueError, match=r"p2.jsonl:1: field 'output' is missing"):
-        main(EvalConfig(out=str(tmp_path / "o"), forget=str(forget), predictions=str(missing), progress=False))
+        main(
+            EvalConfig(out=str(tmp_path / "o"), forget=str(forget), predictions=str(missing), progress=False)
+        )
     with pytest.raises(ValueError, match=r"unknown strategy .beam.; valid strategies: greedy, sample_t0.7"):
         EvalConfig(out="o", forget=str(forget), model="m", strategies=("greedy", "beam"))
     empty = tmp_path / "empty.jsonl"
@@ -135,11 +171,20 @@ def test_smollm2_rtofu_and_gsm8k_end_to_end(shared_data, smol_dir, tmp_path):
     import matplotlib.image
 
     def run(out):
-        return main(EvalConfig(
-            out=str(out), model=str(smol_dir), forget=str(shared_data / "rtofu" / "forget01.json"), task_ids=(1,),
-            limit=10, utility=str(shared_data / "gsm8k" / "test_1000.jsonl"), utility_limit=10,
-            strategies=("greedy", "zerothink"), max_new_tokens=64, progress=False,
-        ))
+        return main(
+            EvalConfig(
+                out=str(out),
+                model=str(smol_dir),
+                forget=str(shared_data / "rtofu" / "forget01.json"),
+                task_ids=(1,),
+                limit=10,
+                utility=str(shared_data / "gsm8k" / "test_1000.jsonl"),
+                utility_limit=10,
+                strategies=("greedy", "zerothink"),
+                max_new_tokens=64,
+                progress=False,
+            )
+        )
 
     a, b = run(tmp_path / "a"), run(tmp_path / "b")
     rows_a = [json.loads(x) for x in (tmp_path / "a" / "items.jsonl").read_text().splitlines()]

@@ -84,10 +84,14 @@ def test_swapping_chosen_and_rejected_mirrors_the_margin(v, beta):
 def test_registry_and_reference_needs():
     assert losses.get_loss("sigmoid")[0] == "pairwise" and losses.get_loss("npo")[0] == "single"
     assert losses.needs_reference("sigmoid") and not losses.needs_reference("simpo")
-    with pytest.raises(ValueError, match="unknown loss 'dop'; valid losses: ga, hinge, ipo, nll, npo, robust"):
+    with pytest.raises(
+        ValueError, match="unknown loss 'dop'; valid losses: ga, hinge, ipo, nll, npo, robust"
+    ):
         losses.get_loss("dop")
     with pytest.raises(ValueError, match="needs reference log-probs"):
-        losses.dpo_sigmoid(losses.PairLogps(*(torch.zeros(1),) * 2, None, None, torch.ones(1), torch.ones(1)), P)
+        losses.dpo_sigmoid(
+            losses.PairLogps(*(torch.zeros(1),) * 2, None, None, torch.ones(1), torch.ones(1)), P
+        )
 
 
 def test_dpo_matches_liger_fused_linear_dpo_loss():
