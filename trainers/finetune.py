@@ -70,7 +70,10 @@ def sft_rows(paths: tuple[str, ...], direct_answers: bool = False) -> list[dict]
 
 
 def cache_key(cfg: FinetuneConfig) -> str:
-    h = hashlib.sha256(json.dumps({**asdict(cfg), "out": None, "progress": None}, sort_keys=True).encode())
+    """Content address of a target model: the settings and the bytes of the data files (not their paths, so
+    the same data written elsewhere, e.g. by another demo run, finds the cached model)."""
+    settings = {**asdict(cfg), "out": None, "progress": None, "data": len(cfg.data)}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in cfg.data:
         h.update(Path(path).read_bytes())
     return h.hexdigest()[:16]
