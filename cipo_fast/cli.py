@@ -96,6 +96,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--scheduler", default=d["scheduler"].default, choices=["cosine", "linear", "constant"])
     p.add_argument("--prompt-format", default=d["prompt_format"].default, choices=["auto", "chat", "raw"])
+    p.add_argument(
+        "--loss-on",
+        default=d["loss_on"].default,
+        choices=["all", "cot", "answer"],
+        help="GA/GradDiff/NPO/SFT: train on the whole {cot, answer} completion, the CoT only or the answer only",
+    )
     p.add_argument("--reasoning-template", default=d["reasoning_template"].default)
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--dtype", default=d["dtype"].default, choices=["float32", "bfloat16", "float16"])
@@ -181,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--rounds", type=int, default=4)
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument(
-        "--compare", action="store_true", help="also run GA, NPO and IDK-DPO with the same budget"
+        "--compare",
+        action="store_true",
+        help="also run GA, NPO, IDK-DPO and Reasoned-IDK with the same budget",
     )
     dm.add_argument("--no-progress", dest="progress", action="store_false")
     k = sub.add_parser("kernels", help="GPU readiness of the Triton kernels")

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from cipo_fast.data import DEFAULT_REASONING_TEMPLATE
+from cipo_fast.data import DEFAULT_REASONING_TEMPLATE, LOSS_ON
 
 # method -> (loss name in cipo_fast.losses, needs a retain set)
 METHODS: dict[str, tuple[str, bool]] = {
@@ -50,6 +50,7 @@ class TrainConfig:
     batch_size: int = 8  # pairs (or sequences) per optimizer step
     token_budget: int = 4096  # tokens per micro-batch; gradient accumulation over micro-batches
     retain_weight: float = 1.0
+    loss_on: str = "all"  # single-sequence methods: train on all | cot | answer of {cot, answer} completions
     seed: int = 42
     # data
     max_length: int = 2048
@@ -112,6 +113,14 @@ class TrainConfig:
                 f"--ref-mode: expected precompute or lazy, got {self.ref_mode!r}",
             ),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
+            (
+                self.loss_on in LOSS_ON,
+                f"--loss-on: expected one of {', '.join(LOSS_ON)}, got {self.loss_on!r}",
+            ),
+            (
+                self.loss_on == "all" or self.method in ("ga", "graddiff", "npo", "sft"),
+                f"--loss-on {self.loss_on} applies to single-sequence methods (ga, graddiff, npo, sft)",
+            ),
             (self.lora_r >= 0, f"--lora-r: expected >= 0, got {self.lora_r}"),
             (self.checkpoint_every >= 0, f"--checkpoint-every: expected >= 0, got {self.checkpoint_every}"),
             (

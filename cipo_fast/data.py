@@ -30,6 +30,7 @@ from cipo_fast.packing import Sequence
 
 DEFAULT_REASONING_TEMPLATE = "<think>\n{cot}\n</think>\n\n{answer}"
 PROMPT_FORMATS = ("auto", "chat", "raw")
+LOSS_ON = ("all", "cot", "answer")  # which part of a {cot, answer} completion single-sequence losses train on
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,11 @@ class Tokenizer:
             return self.tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
         return self.tok(self.prompt_text(prompt))["input_ids"]
 
-    def completion_ids(self, text: str) -> list[int]:
-        return [*self.tok(text, add_special_tokens=False)["input_ids"], self.eos]
+    def completion_ids(self, text: str, eos: bool = True) -> list[int]:
+        return [*self.tok(text, add_special_tokens=False)["input_ids"], *([self.eos] if eos else [])]
 
-    def sequence(self, prompt_ids: list[int], completion: str, where: str) -> Sequence:
-        c = self.completion_ids(completion)
+    def sequence(self, prompt_ids: list[int], completion: str, where: str, eos: bool = True) -> Sequence:
+        c = self.completion_ids(completion, eos)
         if len(prompt_ids) >= self.fmt.max_length:
             raise ValueError(
                 f"{where}: the prompt has {len(prompt_ids)} tokens, not less than max_length="
@@ -205,13 +206,28 @@ def load_pairs(path: str | Path, tok: Tokenizer) -> list[Pair]:
     return pairs
 
 
-def load_singles(path: str | Path, tok: Tokenizer) -> list[Single]:
+def split_reasoning(value: dict, loss_on: str, template: str) -> tuple[str, str, bool]:
+    """(context, trained text, append EOS) of a `{cot, answer}` completion when only one part is trained.
+
+    `answer`: the rendered think block is context (as a prefill) and the answer + EOS is trained;
+    `cot`: the think block up to where the answer starts is trained, without EOS (the sequence goes on).
+    """
+    head = template.split("{answer}", 1)[0].format(cot=value["cot"].strip())
+    if loss_on == "answer":
+        return head, value["answer"].strip(), True
+    return "", head, False
+
+
+def load_singles(path: str | Path, tok: Tokenizer, loss_on: str = "all") -> list[Single]:
     """Single sequences: `{prompt, completion, prefill?}` rows, or question/answer(/cot) item rows.
 
     An item row becomes prompt = question, completion = {cot, answer} (or the answer alone without a cot).
     `prefill` is text forced at the start of the assistant turn: part of the prompt, so not trained on
-    (e.g. the think block for answer-only gradient ascent).
+    (e.g. the think block for answer-only gradient ascent). `loss_on` ("all" | "cot" | "answer") trains on
+    one part of a `{cot, answer}` completion only (`split_reasoning`); other completions are an error then.
     """
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on: expected one of {', '.join(LOSS_ON)}, got {loss_on!r}")
     out = []
     for lineno, obj in read_jsonl(path):
         if "completion" not in obj and "question" in obj:
@@ -222,14 +238,22 @@ def load_singles(path: str | Path, tok: Tokenizer) -> list[Single]:
         _require(obj, ("prompt", "completion"), path, lineno)
         _check_prompt(obj["prompt"], path, lineno)
         text = _render_completion(obj["completion"], "completion", path, lineno, tok.fmt)
+        prefill, eos = obj.get("prefill"), True
+        if prefill is not None and not isinstance(prefill, str):
+            raise ValueError(f"{_where(path, lineno, 'prefill')} must be a string")
+        if loss_on != "all":
+            if not isinstance(obj["completion"], dict):
+                raise ValueError(
+                    f"{_where(path, lineno, 'completion')}: --loss-on {loss_on} needs a {{'cot', 'answer'}} "
+                    "completion (or an item row with a cot) to tell the chain of thought from the answer"
+                )
+            context, text, eos = split_reasoning(obj["completion"], loss_on, tok.fmt.reasoning_template)
+            prefill = (prefill or "") + context
         prompt_ids = tok.prompt_ids(obj["prompt"])
-        prefill = obj.get("prefill")
-        if prefill is not None:
-            if not isinstance(prefill, str):
-                raise ValueError(f"{_where(path, lineno, 'prefill')} must be a string")
+        if prefill:
             prompt_ids = prompt_ids + tok.tok(prefill, add_special_tokens=False)["input_ids"]
         where = f"{path}:{lineno}"
-        out.append(Single(tok.sequence(prompt_ids, text, where), where))
+        out.append(Single(tok.sequence(prompt_ids, text, where, eos), where))
     return out
 
 

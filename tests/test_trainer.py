@@ -426,3 +426,35 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     )
     assert code == 2
     assert "--beta: expected > 0" in capsys.readouterr().err
+
+
+def test_loss_on_cot_or_answer_trains_that_part_only(tiny_model_dir, tmp_path):
+    """GA on the CoT only / the answer only: the trained tokens are exactly that part's tokens (tokenized on
+    their own), the other part is context or absent, and a plain-string completion is refused."""
+    from transformers import AutoTokenizer
+
+    from cipo_fast.data import TextFormat, Tokenizer, load_singles
+
+    hf = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok = Tokenizer(hf, TextFormat(prompt_format="raw"))
+    item = {"question": "Where was Elara born?", "cot": "She was born in Velmsby.", "answer": "In Velmsby."}
+    data = write_jsonl(tmp_path / "items.jsonl", [item])
+    ids = lambda text: hf(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = hf(item["question"])["input_ids"]
+    whole = load_singles(data, tok)[0].seq
+    answer = load_singles(data, tok, "answer")[0].seq
+    cot = load_singles(data, tok, "cot")[0].seq
+    think = f"<think>\n{item['cot']}\n</think>\n\n"
+    assert whole.completion_ids == (*ids(think + item["answer"]), hf.eos_token_id)
+    assert answer.prompt_ids == (*prompt, *ids(think)) and answer.completion_ids == (
+        *ids(item["answer"]),
+        hf.eos_token_id,
+    )
+    assert cot.prompt_ids == tuple(prompt) and cot.completion_ids == tuple(
+        ids(think)
+    )  # no EOS: the answer follows
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "Q?", "completion": "just text"}])
+    with pytest.raises(ValueError, match=r"plain.jsonl:1: field 'completion'.*--loss-on cot needs"):
+        load_singles(plain, tok, "cot")
+    with pytest.raises(ValueError, match="--loss-on answer applies to single-sequence methods"):
+        TrainConfig(method="dpo", model="m", data="d", out="o", loss_on="answer")
