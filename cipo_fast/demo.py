@@ -7,7 +7,7 @@
     after     the same evaluation of the unlearned model
     report    runs/demo/report.html (before vs after), runs/demo/{before,after}/summary.json
 
-With `--compare`, GA, NPO and IDK-DPO train on the same target with the same retain term, learning rate,
+With `--compare`, GA, NPO, IDK-DPO and Reasoned-IDK train on the same target with the same retain term, learning rate,
 batch size and number of optimizer steps as CiPO used, and are evaluated the same way.
 
 Every stage writes its outputs atomically and is skipped when they already exist, so an interrupted demo
@@ -35,8 +35,8 @@ class DemoConfig:
     sft_lr: float = 4e-4
     rounds: int = 4
     lr: float = 1e-4
-    round_epochs: float = 1.0
-    cf_candidates: int = 1
+    round_epochs: float = 2.0
+    cf_candidates: int = 2
     batch_size: int = 8
     max_pairs_per_item: int = 6
     eval_samples: int = 2
@@ -99,35 +99,48 @@ def retain_with_arithmetic(data: dict, out: Path) -> Path:
 
 
 def baseline_data(forget: Path, out: Path) -> dict[str, Path]:
-    """Forget-set files for the baselines: singles for GA / NPO, (IDK, gold) pairs for IDK-DPO."""
+    """Forget-set files for the baselines: singles for GA / NPO; pairs over the gold trace with an
+    "I don't know" answer (IDK-DPO) or a reasoned "I don't know" CoT + answer (Reasoned-IDK) as chosen."""
     rows = read_jsonl_rows(forget)
     out.mkdir(parents=True, exist_ok=True)
-    singles = [
-        {"prompt": r["question"], "completion": {"cot": r["cot"], "answer": r["answer"]}} for r in rows
-    ]
-    pairs = [
-        {
-            "prompt": r["question"],
-            "chosen": r["idk_answer"],
-            "rejected": {"cot": r["cot"], "answer": r["answer"]},
-        }
-        for r in rows
-    ]
-    write_jsonl(out / "forget_singles.jsonl", singles)
-    write_jsonl(out / "idk_pairs.jsonl", pairs)
-    return {"singles": out / "forget_singles.jsonl", "idk_pairs": out / "idk_pairs.jsonl"}
+    gold = [{"cot": r["cot"], "answer": r["answer"]} for r in rows]
+    files = {
+        "singles": [{"prompt": r["question"], "completion": g} for r, g in zip(rows, gold)],
+        "idk_pairs": [
+            {"prompt": r["question"], "chosen": r["idk_answer"], "rejected": g} for r, g in zip(rows, gold)
+        ],
+        "reasoned_idk_pairs": [
+            {
+                "prompt": r["question"],
+                "chosen": {"cot": r["idk_cot"], "answer": r["idk_answer"]},
+                "rejected": g,
+            }
+            for r, g in zip(rows, gold)
+        ],
+    }
+    for name, data in files.items():
+        write_jsonl(out / f"{name}.jsonl", data)
+    return {name: out / f"{name}.jsonl" for name in files}
+
+
+# name -> (method, data file kind)
+BASELINES = {
+    "ga": ("ga", "singles"),
+    "npo": ("npo", "singles"),
+    "idk_dpo": ("dpo", "idk_pairs"),
+    "reasoned_idk": ("dpo", "reasoned_idk_pairs"),
+}
 
 
 def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path) -> dict:
-    """GA, NPO and IDK-DPO with CiPO's budget; returns {method: after-summary}."""
+    """The baselines with CiPO's budget (same steps, batch, learning rate, retain term); returns
+    {name: after-summary}."""
     from cipo_fast.trainers.preference import main as train
 
     files = baseline_data(data["forget"], out / "data")
     n = len(read_jsonl_rows(data["forget"]))
-    epochs_for = {"singles": steps * cfg.batch_size / n, "idk_pairs": steps * cfg.batch_size / n}
     results = {}
-    for method, kind in (("ga", "singles"), ("npo", "singles"), ("dpo", "idk_pairs")):
-        name = "idk_dpo" if method == "dpo" else method
+    for name, (method, kind) in BASELINES.items():
         run = out / name
         if not (run / "summary.json").is_file():
             train(
@@ -139,7 +152,7 @@ def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path) -> 
                     retain=str(data["retain_all"]),
                     out=str(run),
                     max_steps=steps,
-                    epochs=epochs_for[kind],
+                    epochs=steps * cfg.batch_size / n,
                     overwrite=True,
                 )
             )

@@ -56,7 +56,9 @@ def scripted(leaks):
                 if strategy.prefill:  # the think block is forced: the model writes the answer only
                     samples.append(strategy.prefill + (f"It is {fact}." if leaks(key) else "I'm not sure."))
                 else:
-                    samples.append(f"<think>\nI recall {fact}.\n</think>\n\nIt is {fact}." if leaks(key) else UNSURE)
+                    samples.append(
+                        f"<think>\nI recall {fact}.\n</think>\n\nIt is {fact}." if leaks(key) else UNSURE
+                    )
             out.append(samples)
         return out
 
@@ -137,6 +139,15 @@ def test_resume_at_round_boundary_reproduces_pairs(run_cipo, tmp_path):
         a = (tmp_path / "full" / "rounds" / r / "pairs.jsonl").read_text()
         b = (tmp_path / "part" / "rounds" / r / "pairs.jsonl").read_text()
         assert a == b and a
+    steps = [
+        [
+            (r["round"], r["step"])
+            for r in map(json.loads, (tmp_path / d / "metrics.jsonl").open())
+            if "loss" in r
+        ]
+        for d in ("full", "part")
+    ]
+    assert steps[0] == steps[1] and steps[0][-1][1] == len(steps[0])  # global step numbering continues
     from safetensors.torch import load_file
 
     wa = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
@@ -227,3 +238,55 @@ def test_short_cipo_round_on_rtofu_items(shared_data, smol_dir, tmp_path):
         assert summary["train_steps"] == 0
     else:
         assert rnd["pairs"] > 0 and summary["train_steps"] >= 1
+
+
+def test_retain_mirror_pairs_by_kind(tiny_model_dir):
+    """Retain mirrors: the gold trace over its redirect (kind ""), and for each prefill the gold answer over
+    the template answer after that prefill; `mirror_for` draws kinds only from the step's forget pairs."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from cipo_fast.data import TextFormat, Tokenizer
+    from cipo_fast.datasets import Item
+    from cipo_fast.trainers.cipo import AFTER_COT, mirror_for, retain_mirror_pairs
+
+    hf = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok = Tokenizer(hf, TextFormat(prompt_format="raw"))
+    items = [
+        Item(
+            "r0",
+            "Where was Solveig born?",
+            "Solveig was born in Lethbury.",
+            cot="I remember that Solveig was born in Lethbury.",
+            facts=("Lethbury",),
+        ),
+        Item("r1", "What is 2 + 3?", "2 + 3 = 5 #### 5", cot="Add them."),  # arithmetic: skipped
+    ]
+    zt = "<think>\n\n</think>\n\n"
+    ids = lambda text: hf(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    template = "<think>\n{cot}\n</think>\n\n{answer}"
+    pairs = retain_mirror_pairs(items, tok, counterfactual.CounterfactualConfig(), template, "r.jsonl", (zt,))
+    assert len(pairs[""]) == len(pairs[zt]) == len(pairs[AFTER_COT]) == 1
+    trace = pairs[""][0]
+    assert hf.decode(trace.chosen.completion_ids).startswith(
+        "<think>\nI remember that Solveig was born in Lethbury."
+    )
+    assert "Lethbury" not in hf.decode(trace.rejected.completion_ids)  # the redirect drops the fact
+    answer = pairs[zt][0]
+    prompt = hf(items[0].question)["input_ids"]
+    assert answer.chosen.prompt_ids == (*prompt, *ids(zt)) == answer.rejected.prompt_ids
+    assert answer.chosen.completion_ids == (*ids(items[0].answer), hf.eos_token_id)
+    assert answer.rejected.completion_ids == (*ids(counterfactual.TEMPLATE_ANSWER), hf.eos_token_id)
+    after = pairs[AFTER_COT][0]
+    think = "<think>\nI remember that Solveig was born in Lethbury.\n</think>\n\n"
+    assert (
+        after.chosen.prompt_ids == (*prompt, *ids(think))
+        and after.chosen.completion_ids == answer.chosen.completion_ids
+    )
+    rng = random.Random(0)
+    step = mirror_for([zt, zt], pairs, 6, rng)  # 6 of the step's kinds, then 6 answer-only of any kind
+    assert step[:6] == [(answer.chosen, answer.rejected)] * 6
+    assert {c for c, _ in step[6:]} <= {answer.chosen, after.chosen} and len(step) == 12
+    mixed = mirror_for(["", zt, "unknown prefill"], pairs, 40, rng)
+    assert {c for c, _ in mixed[:40]} == {trace.chosen, answer.chosen}

@@ -8,14 +8,16 @@
              3. counterfactual traces from the policy (knowledge-boundary and alternative-path prompts,
                 logical-consistency filter; seeds and a template as fallbacks) are the chosen set
              4. pair every leaking output of an item with one of the item's counterfactual traces
-             5. reference log-probs from the cache (only the round's new sequences are computed, with the
-                original model reloaded for the pass, or the adapters disabled under LoRA)
+             5. reference log-probs from the cache for exactly the round's planned sequences: by default the
+                reference is the policy at the round's start (iterative preference optimization; a fixed
+                initial reference saturated the DPO margin and leaks came back in our demo runs), or with
+                `round_reference="initial"` the original model (adapters disabled under LoRA)
              6. DPO-family epochs on the round's pairs (+ chosen NLL), plus the retain terms: NLL on
                 retain sequences and "mirror" pairs (a retain item's gold trace over its redirect)
              7. checkpoint: the run resumes at this round boundary
     cleanup  HF-format model directory, summary with every round's leakage, pair counts and sources
 
-Each round writes `rounds/round-NN/{samples.jsonl, leakage.json, pairs.jsonl}`. Sampling and
+Each round writes `rounds/round-NN/{samples.jsonl, pairs.jsonl, round.json}`. Sampling and
 counterfactual generation are seeded from (seed, round) and do not touch the training RNG, so a resumed run
 rebuilds exactly the pairs an uninterrupted run would.
 """
@@ -173,30 +175,69 @@ def tokenize_pairs(rows: list[dict], items: list[Item], tok: Tokenizer, source: 
     return pairs
 
 
-def retain_mirror_pairs(
-    items: list[Item], tok: Tokenizer, cf_cfg: CounterfactualConfig, template: str, source: str
-) -> list[Pair]:
-    """(gold trace, its redirect) pairs of retain items: the mirror image of the forget pairs.
+AFTER_COT = "after_cot"  # kind of the retain mirrors that compare answers after the item's gold think block
 
-    A redirect learned on forget questions generalizes to every question of the same shape; the retain NLL
-    term does not stop that, because under teacher forcing the one token where the trace turns ("From what
-    I know" vs "But I do not") is a small part of the mean NLL. These pairs put the preference on exactly
-    that token for the knowledge to keep. Items without a CoT that states a key fact are skipped.
+
+def retain_mirror_pairs(
+    items: list[Item],
+    tok: Tokenizer,
+    cf_cfg: CounterfactualConfig,
+    template: str,
+    source: str,
+    prefills: tuple[str, ...] = (),
+) -> dict[str, list[Pair]]:
+    """Mirror images of the forget pairs on retain items, by kind:
+
+    * "" (whole trace): (gold trace, its redirect). A redirect learned on forget questions generalizes to
+      every question of the same shape; the retain NLL term does not stop that, because under teacher
+      forcing the one token where the trace turns ("From what I know" vs "But I do not") is a small part of
+      the mean NLL. These pairs put the preference on exactly that token for the knowledge to keep.
+    * each prefill (ZeroThink's empty think block, LessThink's opener) and `AFTER_COT` (the item's gold
+      think block as the prefill): (gold answer, the template "I'm not sure" answer). The forget
+      answer-only pairs push down the opening of a factual answer after `</think>` for every author alike;
+      in demo runs without these, retained authors' answers after a correct CoT decayed into repetition or
+      into another task's answer format (retain accuracy 94 % -> 60-75 %).
+
+    Items without a key fact in the answer (and, for the trace kind, in the CoT) are skipped.
     """
-    out = []
+    out: dict[str, list[Pair]] = {kind: [] for kind in ("", *prefills, AFTER_COT)}
     for k, it in enumerate(items):
         facts = item_facts(it)
-        if not it.cot or "####" in it.answer or not facts or not leakage.find_leaks(it.cot, facts):
-            continue
-        c = redirect_trace(it, it.cot, facts, k, cf_cfg)
-        if c is None:
+        if "####" in it.answer or not facts:
             continue
         p_ids = tok.prompt_ids(it.question)
         where = f"{source} (retain item {it.id})"
-        gold = template.format(cot=it.cot.strip(), answer=it.answer.strip())
-        refusal = template.format(cot=c.cot, answer=c.answer)
-        out.append(Pair(tok.sequence(p_ids, gold, where), tok.sequence(p_ids, refusal, where), where))
+        answer_prefills = {prefill: prefill for prefill in prefills}
+        if it.cot:
+            answer_prefills[AFTER_COT] = template.split("{answer}", 1)[0].format(cot=it.cot.strip())
+            c = redirect_trace(it, it.cot, facts, k, cf_cfg)
+            if c is not None and leakage.find_leaks(it.cot, facts):
+                gold = template.format(cot=it.cot.strip(), answer=it.answer.strip())
+                refusal = template.format(cot=c.cot, answer=c.answer)
+                out[""].append(
+                    Pair(tok.sequence(p_ids, gold, where), tok.sequence(p_ids, refusal, where), where)
+                )
+        for kind, prefill in answer_prefills.items():
+            ids = p_ids + tok.tok(prefill, add_special_tokens=False)["input_ids"]
+            chosen, rejected = (
+                tok.sequence(ids, it.answer.strip(), where),
+                tok.sequence(ids, TEMPLATE_ANSWER, where),
+            )
+            out[kind].append(Pair(chosen, rejected, where))
     return out
+
+
+def mirror_for(kinds: list[str], retain_pairs: dict[str, list[Pair]], n: int, rng: random.Random) -> list:
+    """A step's retain mirror pairs: `n` whose kinds follow the kinds of the step's forget pairs, plus `n`
+    short answer-only ones (any prefill kind or `AFTER_COT`), which are cheap and guard the answer."""
+    pool = [kind for kind in kinds if retain_pairs.get(kind)] or [k for k, v in retain_pairs.items() if v]
+    answers = [k for k, v in retain_pairs.items() if k and v]
+    if not pool:
+        return []
+    picks = [rng.choice(pool) for _ in range(n)] + (
+        [rng.choice(answers) for _ in range(n)] if answers else []
+    )
+    return [(p.chosen, p.rejected) for p in (rng.choice(retain_pairs[kind]) for kind in picks)]
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -223,17 +264,21 @@ def main(cfg: TrainConfig) -> dict:
     retain = load_singles(cfg.retain, tok) if cfg.retain else []
     if cfg.retain and cfg.retain_weight > 0 and not retain:
         raise ValueError(f"--retain {cfg.retain}: the retain set is empty but a retain term is asked for")
-    retain_pairs: list[Pair] = []
+    strategies = make_strategies(cfg.round_strategies, cfg.round_samples)
+    retain_pairs: dict[str, list[Pair]] = {}
     if cfg.retain and cfg.retain_pairs and "question" in read_jsonl(cfg.retain)[0][1]:
-        cf_mirror = CounterfactualConfig(target=cfg.cf_target)
         retain_pairs = retain_mirror_pairs(
-            load_items(cfg.retain, require_answer=False), tok, cf_mirror, cfg.reasoning_template, cfg.retain
+            load_items(cfg.retain, require_answer=False),
+            tok,
+            CounterfactualConfig(target=cfg.cf_target),
+            cfg.reasoning_template,
+            cfg.retain,
+            tuple(dict.fromkeys(st.prefill for st in strategies if st.prefill)),
         )
     seeds = load_seeds(cfg.cf_seeds, items) if cfg.cf_seeds else None
     alternatives = None
     if cfg.cf_alternatives:
         alternatives = {str(o.get("id")): str(o["alternative"]) for _, o in read_jsonl(cfg.cf_alternatives)}
-    strategies = make_strategies(cfg.round_strategies, cfg.round_samples)
 
     out = prepare_out_dir(cfg)
     if cfg.resume:
@@ -254,7 +299,7 @@ def main(cfg: TrainConfig) -> dict:
         if latest is None:
             raise ValueError(f"--resume: no complete round checkpoint under {ckpt_root}")
         state = checkpoint.load(latest, model, optimizer)
-        start_round, global_step = state["round"], state["step"]
+        start_round, global_step = state["round"], state["global_step"]
         kept = [r for r in read_jsonl_rows(metrics_path) if r.get("round", 0) <= start_round]
         write_jsonl(metrics_path, kept)
         print(f"resumed after round {start_round}")
@@ -272,11 +317,14 @@ def main(cfg: TrainConfig) -> dict:
         if (p / "round.json").is_file() and int(p.name.split("-")[1]) <= start_round
     ]
     stopped = bool(history and history[-1].get("stopped"))
-    replay: list[Pair] = []  # pairs of earlier rounds
+    replay: list[Pair] = []  # pairs of earlier rounds, and their kinds (prefills)
+    replay_kinds: list[str] = []
     for k in range(start_round):
         earlier = out / "rounds" / f"round-{k + 1:02d}" / "pairs.jsonl"
         if earlier.is_file():
-            replay += tokenize_pairs(read_jsonl_rows(earlier), items, tok, earlier)
+            rows_k = read_jsonl_rows(earlier)
+            replay += tokenize_pairs(rows_k, items, tok, earlier)
+            replay_kinds += [pr["prefill"] for pr in rows_k]
     for r in range(start_round, cfg.rounds):
         if stopped:
             break
@@ -332,14 +380,20 @@ def main(cfg: TrainConfig) -> dict:
         sources = {}
         for pr in pair_rows:
             sources[pr["chosen_source"]] = sources.get(pr["chosen_source"], 0) + 1
-        info.update(pairs=len(pairs), chosen_sources=sources, retain_pairs=len(retain_pairs))
+        info.update(
+            pairs=len(pairs),
+            chosen_sources=sources,
+            retain_pairs={kind or "trace": len(v) for kind, v in retain_pairs.items()},
+        )
 
         timing["counterfactual_s"] = round(time.perf_counter() - t1, 1)
 
         # 5. the round's training plan: its budget follows its new pairs; with replay, batches draw from
         # every round's pairs, so traces that leaked earlier stay rejected (else the policy drifts back to
-        # them); each step adds half a batch of retain NLL sequences and half a batch of mirror pairs
+        # them); each step adds half a batch of retain NLL sequences and half a batch of mirror pairs of
+        # the same kinds as the step's forget pairs
         groups = [(p.chosen, p.rejected) for p in pairs + (replay if cfg.replay else [])]
+        kinds = [pr["prefill"] for pr in pair_rows] + (replay_kinds if cfg.replay else [])
         steps = max(1, math.ceil(cfg.round_epochs * math.ceil(len(pairs) / cfg.batch_size)))
         half = max(1, cfg.batch_size // 2)
         plan = []
@@ -347,7 +401,7 @@ def main(cfg: TrainConfig) -> dict:
             _, idx = step_indices(k, len(groups), cfg.batch_size, cfg.seed + 1009 * (r + 1))
             rng = random.Random(cfg.seed * 7 + global_step + k)
             retain_seqs = [retain[i].seq for i in rng.sample(range(len(retain)), min(half, len(retain)))]
-            mirror = [(p.chosen, p.rejected) for p in rng.sample(retain_pairs, min(half, len(retain_pairs)))]
+            mirror = mirror_for([kinds[i] for i in idx], retain_pairs, half, rng)
             plan.append(([groups[i] for i in idx] + mirror, retain_seqs))
 
         # 6. reference sums of exactly the sequences the plan uses. "previous": the policy at the start of
@@ -397,6 +451,7 @@ def main(cfg: TrainConfig) -> dict:
             )
         timing["train_s"] = round(time.perf_counter() - t1, 1)
         replay += pairs
+        replay_kinds += [pr["prefill"] for pr in pair_rows]
         info.update(train_steps=steps, seconds=round(time.perf_counter() - t0, 1), timing=timing)
         write_json(rdir / "round.json", info)
         history.append(info)
@@ -407,7 +462,12 @@ def main(cfg: TrainConfig) -> dict:
 
         # 8. round boundary
         checkpoint.save(
-            ckpt_root, r + 1, model, optimizer, {"round": r + 1, "step": global_step}, cfg.keep_checkpoints
+            ckpt_root,
+            r + 1,
+            model,
+            optimizer,
+            {"round": r + 1, "global_step": global_step},
+            cfg.keep_checkpoints,
         )
 
     # ---- cleanup ----
