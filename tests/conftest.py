@@ -38,24 +38,8 @@ def smol_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(smol_dir, tmp_path_factory) -> Path:
-    """A 2-layer random Llama (d=64, GQA 4/2, tied embeddings) with SmolLM2's tokenizer and chat template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """The tiny random Llama (`cipo_fast.tiny`: 2 layers, d=64, GQA 4/2, tied embeddings) with SmolLM2's
+    tokenizer and chat template."""
+    from cipo_fast.tiny import make_tiny_llama
 
-    out = tmp_path_factory.mktemp("tiny_llama")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(smol_dir).save_pretrained(out)
-    return out
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), smol_dir)

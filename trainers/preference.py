@@ -336,7 +336,9 @@ def main(cfg: TrainConfig) -> dict:
             f"--data {cfg.data}: --method {cfg.method} needs "
             f"{'prompt/chosen/rejected' if expected == 'pairs' else 'prompt/completion'} rows"
         )
-    data: list = load_pairs(cfg.data, tok) if expected == "pairs" else load_singles(cfg.data, tok)
+    data: list = (
+        load_pairs(cfg.data, tok) if expected == "pairs" else load_singles(cfg.data, tok, cfg.loss_on)
+    )
     retain = load_singles(cfg.retain, tok) if cfg.retain else []
     if cfg.retain and not retain:
         raise ValueError(f"--retain {cfg.retain}: the retain set is empty")
@@ -406,10 +408,11 @@ def main(cfg: TrainConfig) -> dict:
             if retain
             else []
         )
-        accumulate_step(model, groups, retain_seqs, ref, cfg, stats, autocast)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with torch.profiler.record_function("cipo_fast.train_step"):  # a marker for bench/profile_step.py
+            accumulate_step(model, groups, retain_seqs, ref, cfg, stats, autocast)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         row = {
             "step": step + 1,

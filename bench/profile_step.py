@@ -1,0 +1,228 @@
+"""Where the time of a cipo-fast DPO training step goes, on this CPU (torch.profiler, one fresh process).
+
+Question: of the wall time of a training step (SmolLM2-135M, R-TOFU pairs, cipo-fast defaults), how much
+is matrix multiplication of the decoder layers, how much the fused LM-head log-prob op, attention,
+elementwise work (norms, activations, RoPE, residuals; recomputed ones included), the layers' matmuls
+recomputed under activation checkpointing, copies and the optimizer -- and what rate do the layers' matmuls reach inside training, against the same machine's
+GEMM rate at the same shapes measured alone?
+
+Method: `cipo-fast train --method dpo` runs under `torch.profiler` (CPU activities, shapes recorded). The
+trainer marks each optimizer step with `record_function("cipo_fast.train_step")`; only ops inside those
+ranges are counted, the first step (warm-up) dropped. Each op's *self* time goes to the first category
+that matches on the way up its call stack: `_TokenLogprobs` (the fused LM head, forward or backward) >
+the optimizer > by op name (mm/addmm/bmm: GEMM -- "recompute" when it is a forward-style `aten::linear`
+called inside a backward node, which is what non-reentrant checkpointing does; scaled_dot_product:
+attention; copy/cat/index/...: data movement; everything else: elementwise). Profiling adds overhead; the shares matter more than the sum.
+
+    python bench/profile_step.py                 # SmolLM2-135M, 6 R-TOFU pairs, batch 2, 3 steps
+    python bench/profile_step.py --checkpoint-every 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from common import OUT, SEED, ModelShape, gemm_rate, machine, publish, resolve_model
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+MOVE_OPS = (
+    "aten::copy_",
+    "aten::cat",
+    "aten::index",
+    "aten::index_select",
+    "aten::index_add_",
+    "aten::index_copy_",
+    "aten::embedding",
+    "aten::embedding_dense_backward",
+    "aten::clone",
+    "aten::contiguous",
+    "aten::to",
+    "aten::_to_copy",
+    "aten::zero_",
+    "aten::fill_",
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::scatter_add_",
+    "aten::gather",
+)
+CATEGORIES = (
+    "layer GEMMs",
+    "layer GEMMs (recompute)",
+    "attention",
+    "elementwise / norms",
+    "data movement",
+    "fused LM head (log-probs)",
+    "optimizer + clipping",
+)
+
+
+def gemm_flops(name: str, shapes: list) -> int:
+    """FLOPs of one mm / addmm / bmm call from its recorded input shapes (0 if they are missing)."""
+    try:
+        if name == "aten::mm":
+            (m, k), (_, n) = shapes[0], shapes[1]
+            return 2 * m * k * n
+        if name == "aten::addmm":
+            (m, k), (_, n) = shapes[1], shapes[2]
+            return 2 * m * k * n
+        if name == "aten::bmm":
+            (b, m, k), (_, _, n) = shapes[0], shapes[1]
+            return 2 * b * m * k * n
+    except (IndexError, TypeError, ValueError):
+        pass
+    return 0
+
+
+def categorize(event) -> str | None:
+    """The category of an op event by its call stack; None outside a train step."""
+    in_step, backward, linear, lm_head, optimizer = False, False, False, False, False
+    parent = event.cpu_parent
+    while parent is not None:
+        n = parent.name
+        if n == "cipo_fast.train_step":
+            in_step = True
+        elif "_TokenLogprobs" in n:
+            lm_head = True
+        elif n.startswith("Optimizer.") or "clip_grad" in n or "_foreach_norm" in n:
+            optimizer = True
+        elif n.startswith("autograd::engine::evaluate_function"):
+            backward = True
+        elif n in ("aten::linear", "aten::matmul"):
+            linear = True
+        parent = parent.cpu_parent
+    # a forward-style linear called while the backward runs is activation-checkpoint recomputation
+    # (backward nodes call aten::mm directly)
+    recompute = backward and linear
+    if not in_step:
+        return None
+    if lm_head:
+        return "fused LM head (log-probs)"
+    if optimizer or event.name.startswith(("aten::_fused_adamw", "aten::_foreach")):
+        return "optimizer + clipping"
+    if event.name in GEMM_OPS:
+        return "layer GEMMs (recompute)" if recompute else "layer GEMMs"
+    if "scaled_dot_product" in event.name or "flash_attention" in event.name:
+        return "attention"
+    if event.name in MOVE_OPS:
+        return "data movement"
+    return "elementwise / norms"
+
+
+def profile(a: argparse.Namespace) -> dict:
+    import torch
+    from throughput import rtofu_pairs
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from cipo_fast.config import TrainConfig
+    from cipo_fast.trainers.preference import main as train
+
+    work = Path(tempfile.mkdtemp(prefix="cipo-profile-"))
+    model_path = resolve_model(a.model, work)
+    data = work / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in rtofu_pairs(a.pairs)))
+    over = {} if a.checkpoint_every is None else {"checkpoint_every": a.checkpoint_every}
+    cfg = TrainConfig(
+        method="dpo",
+        model=str(model_path),
+        data=str(data),
+        out=str(work / "run"),
+        batch_size=a.batch,
+        max_steps=a.steps,
+        epochs=10,
+        lr=1e-6,
+        prompt_format="raw",
+        cache_dir=str(work / "refcache"),
+        progress=False,
+        overwrite=True,
+        seed=SEED,
+        **over,
+    )
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        train(cfg)
+    steps = sorted(
+        (e for e in prof.events() if e.name == "cipo_fast.train_step"), key=lambda e: e.time_range.start
+    )
+    warm_end = steps[0].time_range.end if len(steps) > 1 else None
+    counted = steps[1:] or steps
+    wall_us = sum(e.time_range.elapsed_us() for e in counted)
+    per_cat = dict.fromkeys(CATEGORIES, 0.0)
+    gemm_us, gemm_flop = 0.0, 0
+    for e in prof.events():
+        if e.name == "cipo_fast.train_step" or (warm_end is not None and e.time_range.start < warm_end):
+            continue
+        cat = categorize(e)
+        if cat is None:
+            continue
+        per_cat[cat] += e.self_cpu_time_total
+        if cat == "layer GEMMs":
+            gemm_us += e.self_cpu_time_total
+            gemm_flop += gemm_flops(e.name, e.input_shapes)
+    metrics = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    tokens = [m["tokens"] for m in metrics if "loss" in m][1:] or [metrics[0]["tokens"]]
+    shape = ModelShape.from_dir(model_path)
+    isolated = gemm_rate(shape, min(int(statistics.median(tokens)), cfg.token_budget))
+    return {
+        "config": {k: getattr(cfg, k) for k in ("batch_size", "token_budget", "checkpoint_every", "backend")},
+        "steps_counted": len(counted),
+        "step_wall_s": wall_us / 1e6 / len(counted),
+        "tokens_per_step": statistics.mean(tokens),
+        "categories_s_per_step": {k: v / 1e6 / len(counted) for k, v in per_cat.items()},
+        "layer_gemm_gflop_per_s_in_training": gemm_flop / gemm_us / 1e3 if gemm_us else None,
+        "isolated_gemm": {k: v for k, v in isolated.items() if k != "shapes"},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def table(r: dict) -> str:
+    c = r["config"]
+    wall = r["step_wall_s"]
+    lines = [
+        f"Where a cipo-fast DPO step goes (`bench/profile_step.py`, torch.profiler, SmolLM2-135M, R-TOFU pairs, "
+        f"batch {c['batch_size']}, token budget {c['token_budget']}, checkpointing every "
+        f"{c['checkpoint_every']} layer(s); {r['tokens_per_step']:.0f} tokens/step, {wall:.2f} s/step under "
+        f"the profiler, mean of {r['steps_counted']} steps after the first). Self time of the ops inside the step:",
+        "",
+        "| category | s/step | share of step |",
+        "|---|---:|---:|",
+    ]
+    for k, v in r["categories_s_per_step"].items():
+        lines.append(f"| {k} | {v:.3f} | {100 * v / wall:.0f}% |")
+    rest = wall - sum(r["categories_s_per_step"].values())
+    lines.append(f"| Python / framework overhead (not in an op) | {rest:.3f} | {100 * rest / wall:.0f}% |")
+    if r["layer_gemm_gflop_per_s_in_training"]:
+        iso = r["isolated_gemm"]
+        lines += [
+            "",
+            f"The layers' matmuls run at {r['layer_gemm_gflop_per_s_in_training']:.0f} GFLOP/s inside training "
+            f"vs {iso['flop_weighted_median_gflop_per_s']:.0f} GFLOP/s alone at the same shapes "
+            f"(M = {iso['m_tokens']} tokens).",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2", help="tiny | smollm2 | an HF model directory")
+    ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--checkpoint-every", type=int, default=None, help="default: cipo-fast's default")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not touch README.md")
+    a = ap.parse_args(argv)
+    facts = machine()
+    r = profile(a)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "profile_step.json").write_text(json.dumps({"machine": facts, **r}, indent=2))
+    publish("bench-profile", table(r), a.readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The benchmark scripts in their smallest configuration, with the tiny random Llama.
+
+Each script runs end to end (driver + one fresh process per measured point) into a temporary directory,
+without touching README.md. The checks are about the plumbing, not the numbers: the JSON has its fields,
+the numbers are positive, and cipo-fast and TRL, given the same job, report the same tokens and the same
+final loss (within 1e-3; on the tiny model they agree to ~1e-4, fp32 rounding of padded vs packed batches).
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_common():
+    spec = importlib.util.spec_from_file_location("bench_common", BENCH / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str, *args: str) -> None:
+    readme = BENCH.parent / "README.md"
+    before = readme.read_text() if readme.is_file() else None
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *args, "--no-readme"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    if before is not None:
+        assert readme.read_text() == before, "--no-readme must leave README.md alone"
+
+
+def test_throughput_smoke(shared_data, tiny_model_dir, tmp_path):
+    run_script(
+        "throughput.py",
+        *("--model", str(tiny_model_dir), "--pairs", "2", "--batch", "1", "--epochs", "1"),
+        *("--systems", "cipo-fast,trl-default", "--out", str(tmp_path)),
+    )
+    report = json.loads((tmp_path / "throughput.json").read_text())
+    assert {"machine", "job", "gemm", "flops", "systems"} <= report.keys()
+    assert report["job"]["tokenization"]["identical"]
+    assert report["job"]["optimizer_steps"] == 2
+    assert report["gemm"]["flop_weighted_median_gflop_per_s"] > 0
+    assert report["flops"]["per_token"] > 6 * report["job"]["params"]
+    cipo, trl = report["systems"]["cipo-fast"], report["systems"]["trl-default"]
+    for r in (cipo, trl):
+        assert "error" not in r, r.get("error")
+        assert r["steps"] == 2 and len(r["tokens_per_step"]) == 2
+        for key in (
+            "tokens_per_s_median",
+            "e2e_s",
+            "e2e_tokens_per_s",
+            "peak_rss_bytes",
+            "step_time_median_s",
+        ):
+            assert r[key] > 0, key
+        assert math.isfinite(r["final_loss"])
+        assert r["efficiency_vs_gemm"] > 0
+    assert cipo["settings"]["token_budget"] == 4096 and cipo["settings"]["checkpoint_every"] == 1
+    assert trl["settings"]["gradient_checkpointing"] is True and trl["settings"]["bf16"] is False
+    # same job: same batches (real tokens per step) and the same loss
+    assert trl["tokens_per_step"] == cipo["tokens_per_step"]
+    assert trl["same_tokens_per_step_as_cipo_fast"]
+    assert abs(trl["final_loss"] - cipo["final_loss"]) < 1e-3
+    assert cipo["cipo_fast_speedup"] == pytest.approx(1.0)
+    assert trl["cipo_fast_speedup"] > 0 and trl["cipo_fast_memory_ratio"] > 0
+
+
+def test_memory_scaling_smoke(tiny_model_dir, tmp_path):
+    run_script(
+        "memory_scaling.py", "--model", str(tiny_model_dir), "--lengths", "64,128", "--out", str(tmp_path)
+    )
+    report = json.loads((tmp_path / "memory_scaling.json").read_text())
+    assert (tmp_path / "memory_scaling.png").stat().st_size > 1000
+    assert [r["length"] for r in report["rows"]] == [64, 128]
+    for row in report["rows"]:
+        assert row["tokens"] == 2 * (report["prompt_tokens"] + row["length"])
+        cipo, trl = row["cipo-fast"], row["trl-default"]
+        for r in (cipo, trl):
+            assert r["status"] == "ok", r.get("error")
+            assert r["peak_rss_bytes"] > 0 and r["step_time_s"] > 0
+            assert r["tokens"] == row["tokens"]  # both count the prompt in both rows, no padding
+        assert abs(cipo["loss"] - trl["loss"]) < 1e-3
+        est = row["loss_path_estimate_bytes"]
+        assert 0 < est["cipo_fast"]["total"] < est["trl_fused_head"]["total"]
+    for name in ("cipo-fast", "trl-default"):
+        assert math.isfinite(report["fits"][name]["slope_bytes_per_token"])
+    assert report["first_oom_length"] == {"cipo-fast": None, "trl-default": None}
+
+
+def test_model_shape_counts_parameters(tiny_model_dir):
+    """`ModelShape.params()` (used for the 6·P FLOP count) equals the model's own parameter count."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = load_common()
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir))
+    assert common.ModelShape.from_dir(tiny_model_dir).params() == sum(p.numel() for p in model.parameters())
+
+
+def test_helpers(tmp_path):
+    """Weighted median: the value where half the weight is reached. README update: only between markers."""
+    common = load_common()
+    assert common.weighted_median([1.0, 2.0, 3.0], [1, 1, 10]) == 3.0
+    assert common.weighted_median([3.0, 1.0, 2.0], [1, 1, 1]) == 2.0
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- x:start -->\nold\n<!-- x:end -->\nb\n")
+    assert common.update_readme("x", "| new |", readme)
+    assert readme.read_text() == "a\n<!-- x:start -->\n| new |\n<!-- x:end -->\nb\n"
+    assert not common.update_readme("missing", "t", readme)
+    run = common.run_child(["-c", "import sys; x = bytearray(50 * 2**20); sys.exit(3)"])
+    assert run.returncode == 3 and run.peak_rss_bytes > 50 * 2**20
+
+
+def load_bench(name: str):
+    load_common()
+    sys.modules.setdefault("common", sys.modules["bench_common"])  # the scripts import it as `common`
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_roofline_counts_by_hand():
+    """The H100 estimate's counts for a shape small enough to count by hand (one 128 x 128 tile)."""
+    roofline = load_bench("roofline")
+    fwd = roofline.kernel_counts("forward", 128, 64, 128)
+    assert fwd["flops"] == 2 * 128 * 128 * 64 and fwd["exps"] == 128 * 128
+    assert fwd["l2_bytes"] == 2 * (128 * 64 * 2)  # one H block + one W tile, bf16
+    bwd = roofline.kernel_counts("backward", 128, 64, 128)
+    assert bwd["flops"] == 3 * fwd["flops"]
+    # H and W tiles loaded twice, then one fp32 atomic per element of dH and dW
+    assert bwd["l2_bytes"] == 2 * fwd["l2_bytes"] + 4 * (128 * 64 + 128 * 64)
+    est = roofline.estimate(fwd)
+    assert est["bound"] in ("compute", "hbm", "l2", "exp")
+    assert est["time_ms"] == max(est["compute_ms"], est["hbm_ms"], est["l2_ms"], est["exp_ms"])
+
+
+def test_profile_step_smoke(shared_data, tiny_model_dir, tmp_path):
+    """The step profile finds every kind of work a checkpointed DPO step does, inside the step's wall time."""
+    run_script(
+        "profile_step.py",
+        *("--model", str(tiny_model_dir), "--pairs", "2", "--batch", "1", "--steps", "2"),
+        *("--out", str(tmp_path)),
+    )
+    r = json.loads((tmp_path / "profile_step.json").read_text())
+    cats = r["categories_s_per_step"]
+    for name in ("layer GEMMs", "layer GEMMs (recompute)", "attention", "fused LM head (log-probs)"):
+        assert cats[name] > 0, name
+    assert sum(cats.values()) <= r["step_wall_s"] * 1.01
+    assert r["layer_gemm_gflop_per_s_in_training"] > 0 and r["config"]["checkpoint_every"] == 1
