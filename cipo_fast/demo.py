@@ -31,7 +31,7 @@ class DemoConfig:
     out: str = "runs/demo"
     model: str = "smollm2-135m"
     seed: int = 0
-    sft_epochs: float = 5.0
+    sft_epochs: float = 4.0
     sft_lr: float = 4e-4
     rounds: int = 4
     lr: float = 1e-4
@@ -77,6 +77,7 @@ def _train_config(cfg: DemoConfig, **over):
         seed=cfg.seed,
         system_prompt=SYSTEM_PROMPT,
         checkpoint_every=0,
+        keep_checkpoints=1,  # one round checkpoint (weights + optimizer, ~1.6 GB for SmolLM2) is enough
         token_budget=4096,
         max_length=1024,
         progress=cfg.progress,

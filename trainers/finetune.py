@@ -114,6 +114,9 @@ def main(cfg: FinetuneConfig) -> Path:
             progress=cfg.progress,
         )
     )
+    # the cache keeps the model; the training checkpoints (weights + optimizer, ~3x the model) only
+    # served a resume of this run
+    shutil.rmtree(staging / "run" / "checkpoints", ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     (staging / "run").rename(out)
     shutil.rmtree(staging, ignore_errors=True)
