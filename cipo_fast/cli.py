@@ -113,6 +113,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir", default=None, help="reference log-prob cache (default ~/.cache/cipo-fast/refcache)"
     )
+    p.add_argument(
+        "--cpu-mmap-threshold-mb",
+        type=int,
+        default=d["cpu_mmap_threshold_mb"].default,
+        help="Linux/glibc: serve allocations of at least this many MiB with mmap (lower peak memory); 0 = off",
+    )
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--save-merged", action="store_true", help="LoRA: also write the merged model")
     p.add_argument("--resume", action="store_true")

@@ -88,6 +88,7 @@ class TrainConfig:
     # outputs
     save_steps: int = 0  # 0: checkpoint only at the end
     keep_checkpoints: int = 2
+    cpu_mmap_threshold_mb: int = 8  # glibc: mmap allocations >= this many MiB (lower peak RSS); 0 = off
     save_merged: bool = False
     resume: bool = False
     overwrite: bool = False

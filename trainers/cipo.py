@@ -65,6 +65,7 @@ from cipo_fast.trainers.preference import (
     save_final,
     seed_everything,
     step_indices,
+    tune_cpu_allocator,
 )
 
 
@@ -243,6 +244,7 @@ def mirror_for(kinds: list[str], retain_pairs: dict[str, list[Pair]], n: int, rn
 def main(cfg: TrainConfig) -> dict:
     quiet_transformers()
     seed_everything(cfg.seed)
+    tune_cpu_allocator(cfg)
 
     # ---- inputs first: bad input fails before anything is written ----
     tok = make_tokenizer(cfg)
