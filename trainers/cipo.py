@@ -13,7 +13,8 @@
                 initial reference saturated the DPO margin and leaks came back in our demo runs), or with
                 `round_reference="initial"` the original model (adapters disabled under LoRA)
              6. DPO-family epochs on the round's pairs (+ chosen NLL), plus the retain terms: NLL on
-                retain sequences and "mirror" pairs (a retain item's gold trace over its redirect)
+                retain sequences and "mirror" pairs (a retain item's gold trace over its redirect, and its
+                gold answer over "I'm not sure" after each prefill and after its gold think block)
              7. checkpoint: the run resumes at this round boundary
     cleanup  HF-format model directory, summary with every round's leakage, pair counts and sources
 
