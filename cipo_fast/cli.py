@@ -109,6 +109,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend", default=d["backend"].default, choices=["auto", "triton", "chunked", "reference"]
     )
+    p.add_argument(
+        "--no-share-prefix",
+        dest="share_prefix",
+        action="store_false",
+        help="pack both sides of a pair whole (default: their common prefix is computed once)",
+    )
     p.add_argument("--ref-mode", default=d["ref_mode"].default, choices=["precompute", "lazy"])
     p.add_argument(
         "--cache-dir", default=None, help="reference log-prob cache (default ~/.cache/cipo-fast/refcache)"

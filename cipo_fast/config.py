@@ -65,6 +65,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # activation checkpointing of every n-th decoder layer; 0 = off
     trust_remote_code: bool = False
     backend: str = "auto"
+    share_prefix: bool = (
+        True  # store a pair's common prefix once in the packed stream (cipo_varlen attention)
+    )
     # reference log-probs
     ref_mode: str = "precompute"  # precompute (before step 1, no second model) | lazy (per step)
     cache_dir: str | None = None  # default: <cache root>/refcache

@@ -8,6 +8,8 @@
   Everywhere else the registered `cipo_varlen` attention runs causal SDPA once per sequence: exact
   isolation, no `[T, T]` mask, and SDPA's flash kernel (O(T) memory) instead of its masked math path.
   This replaces DESIGN.md's 4D block-diagonal mask, which costs `T^2` memory and compute across sequences.
+  A segment may also attend to a prefix range of the stream (`cipo_prefixes`): how a pair's rejected side
+  sees the prefix it shares with the chosen side when the pair is packed with prefix sharing.
 * The LM head is not run by the model: `forward_hidden` returns final hidden states and the loss path
   calls `ops.sequence_logprobs` with the output-embedding weight (tied or not). Models that transform
   logits are handled from their config (`final_logit_softcapping`, `logit_scale`, `logits_scaling`),
@@ -57,19 +59,33 @@ def _varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
         )
     assert query.shape[0] == 1, "packed attention expects a batch of one flat stream"
     bounds = cu.tolist()
+    prefixes = kwargs.get("cipo_prefixes")
+    prefixes = prefixes.tolist() if prefixes is not None else [(0, 0)] * (len(bounds) - 1)
     gqa = query.shape[1] != key.shape[1]
-    outs = [
-        F.scaled_dot_product_attention(
-            query[:, :, a:b],
-            key[:, :, a:b],
-            value[:, :, a:b],
-            is_causal=True,
-            scale=scaling,
-            dropout_p=dropout if module.training else 0.0,
-            enable_gqa=gqa,
-        )
-        for a, b in itertools.pairwise(bounds)
-    ]
+    drop = dropout if module.training else 0.0
+    outs = []
+    for (a, b), (pa, pb) in zip(itertools.pairwise(bounds), prefixes):
+        if pb > pa:  # the segment's queries see the whole prefix, then their own tokens causally
+            k = torch.cat((key[:, :, pa:pb], key[:, :, a:b]), dim=2)
+            v = torch.cat((value[:, :, pa:pb], value[:, :, a:b]), dim=2)
+            mask = torch.ones(b - a, pb - pa + b - a, dtype=torch.bool, device=query.device).tril(pb - pa)
+            outs.append(
+                F.scaled_dot_product_attention(
+                    query[:, :, a:b], k, v, attn_mask=mask, scale=scaling, dropout_p=drop, enable_gqa=gqa
+                )
+            )
+        else:
+            outs.append(
+                F.scaled_dot_product_attention(
+                    query[:, :, a:b],
+                    key[:, :, a:b],
+                    value[:, :, a:b],
+                    is_causal=True,
+                    scale=scaling,
+                    dropout_p=drop,
+                    enable_gqa=gqa,
+                )
+            )
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None
 
@@ -97,11 +113,19 @@ def pick_attention(device: torch.device) -> str:
     return VARLEN_ATTN
 
 
-def packed_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int) -> dict:
+def packed_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, prefixes: torch.Tensor | None = None) -> dict:
     """The keyword arguments transformers forwards to the attention function for packed sequences."""
-    return dict(
+    kw = dict(
         cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max_seqlen, max_length_k=max_seqlen
     )
+    if prefixes is not None:
+        kw["cipo_prefixes"] = prefixes
+    return kw
+
+
+def supports_prefix_sharing(model) -> bool:
+    """Whether the model's attention reads the prefix ranges of prefix-shared packing."""
+    return getattr(base_model(model).config, "_attn_implementation", None) == VARLEN_ATTN
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -318,15 +342,25 @@ def lm_head_weight(model) -> torch.Tensor:
 
 
 def forward_hidden(
-    model, input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
+    model,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    prefixes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Final hidden states `[T, d]` of a packed micro-batch (no logits are computed)."""
+    if prefixes is not None and not supports_prefix_sharing(model):
+        raise ValueError(
+            "a prefix-shared micro-batch needs the cipo_varlen attention; this model uses "
+            f"{base_model(model).config._attn_implementation!r} (pack without share_prefix)"
+        )
     decoder = base_model(model).get_decoder()
     out = decoder(
         input_ids=input_ids[None],
         position_ids=position_ids[None],
         use_cache=False,
-        **packed_kwargs(cu_seqlens, max_seqlen),
+        **packed_kwargs(cu_seqlens, max_seqlen, prefixes),
     )
     return out.last_hidden_state[0]
 
@@ -387,7 +421,7 @@ def micro_batch_logps(
     model, mb, backend: str = "auto", autocast_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """Per-sequence completion log-prob sums `[S]` (fp32) of a packed micro-batch; differentiable."""
-    from cipo_fast.ops import sequence_logprobs
+    from cipo_fast.ops import sequence_logprobs, token_logprobs
 
     spec = head_spec(model)
     weight = lm_head_weight(model)
@@ -395,13 +429,19 @@ def micro_batch_logps(
     mb = mb.to(device)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     with ctx:
-        hidden = forward_hidden(model, mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen)
+        hidden = forward_hidden(
+            model, mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen, mb.prefixes
+        )
     if spec.scale != 1.0:
         hidden = hidden * spec.scale
     if autocast_dtype is not None:  # the fused op wants one dtype; it accumulates in fp32 regardless
         hidden, weight = hidden.to(autocast_dtype), weight.to(autocast_dtype)
     else:
         hidden = hidden.to(weight.dtype)
+    if mb.shared_ids is not None:  # shared positions count for both sides of their pair
+        logp = token_logprobs(hidden, weight, mb.targets, mb.loss_mask, backend=backend, softcap=spec.softcap)
+        sums = torch.zeros(mb.num_seqs + 1, dtype=logp.dtype, device=logp.device)
+        return sums.index_add(0, mb.seq_ids, logp).index_add(0, mb.shared_ids, logp)[: mb.num_seqs]
     return sequence_logprobs(
         hidden,
         weight,
@@ -416,18 +456,37 @@ def micro_batch_logps(
 
 @torch.no_grad()
 def score_sequences(
-    model, seqs, token_budget: int, backend: str = "auto", progress: str | None = None
+    model,
+    seqs,
+    token_budget: int,
+    backend: str = "auto",
+    progress: str | None = None,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
-    """Completion log-prob sums `[len(seqs)]` of independent sequences, packed, without gradients."""
+    """Completion log-prob sums `[len(seqs)]` of independent sequences, packed, without gradients.
+
+    With `share_prefix` (and an attention that supports it), neighbours with a common prefix, such as the
+    chosen and rejected sides of a pair listed one after the other, are packed with the prefix stored once.
+    """
     from tqdm.auto import tqdm
 
-    from cipo_fast.packing import pack
+    from cipo_fast.packing import pack, shared_prefix
 
+    share = share_prefix and supports_prefix_sharing(model)
+    groups, i = [], 0
+    while i < len(seqs):
+        if share and i + 1 < len(seqs) and shared_prefix(seqs[i], seqs[i + 1]):
+            groups.append((i, i + 1))
+            i += 2
+        else:
+            groups.append((i,))
+            i += 1
     out = torch.zeros(len(seqs), dtype=torch.float32)
     was_training = model.training
     model.eval()
-    batches = pack([(s,) for s in seqs], token_budget)
+    batches = pack([tuple(seqs[j] for j in g) for g in groups], token_budget, share_prefix=share)
     for mb in tqdm(batches, desc=progress, disable=progress is None, leave=False):
-        out[torch.tensor(mb.groups)] = micro_batch_logps(model, mb, backend).float().cpu()
+        where = torch.tensor([j for g in mb.groups for j in groups[g]])
+        out[where] = micro_batch_logps(model, mb, backend).float().cpu()
     model.train(was_training)
     return out

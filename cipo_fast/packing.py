@@ -7,8 +7,25 @@ A micro-batch is one token stream holding several sequences back to back (DESIGN
     targets      [T]    input_ids shifted left inside each sequence (the token each position predicts)
     loss_mask    [T]    True where the target is a completion token (EOS included)
     seq_ids      [T]    which of the micro-batch's sequences a position belongs to
-    cu_seqlens   [S+1]  sequence boundaries (int32), for varlen attention
+    cu_seqlens   [K+1]  attention segment boundaries (int32), for varlen attention
+    prefixes     [K, 2] per segment, a stream range its queries also attend to (empty: [0, 0])
+    shared_ids   [T]    a second sequence a position also belongs to (S = none), see prefix sharing
     pairs        [P, 2] (chosen, rejected) sequence indices, for preference data
+
+Prefix sharing (`share_prefix=True`): chosen and rejected sequences of a pair start with the same prompt,
+and in CiPO often with the same reasoning (a redirect keeps the leak-free start of the leaking trace; an
+answer-only pair shares the prompt and its forced think block). With a common prefix of `c` tokens, the
+first `s = c - 1` are stored once and each side continues from token `s` (position `s` predicts token
+`s + 1`, which differs between the sides, so position `s` is stored for both):
+
+    stream     [ shared 0..s-1 | chosen s..n_c-1 | rejected s..n_r-1 ]
+    segments   [ shared + chosen: causal ]  [ rejected: causal, plus the whole shared range as prefix ]
+    positions  0..n_c-1 for shared + chosen, s..n_r-1 for rejected
+
+Every sequence's log-prob sum is its branch tokens plus the shared tokens (`shared_ids` names the rejected
+side for them), so values and gradients equal the unshared layout's exactly (up to float summation order)
+while the shared tokens' layers, LM head and backward run once. It needs the `cipo_varlen` attention
+(prefix ranges); `flash_attention_2` does not read them, so the trainers pack without sharing there.
 
 Groups (a preference pair, or a single sequence) are never split: both sides of a pair land in the same
 micro-batch, so a pair's loss is computed where both of its log-probs are. Groups are assigned to bins by
@@ -49,13 +66,17 @@ class MicroBatch:
     pairs: torch.Tensor  # [P, 2]; empty for single-sequence data
     groups: list[int]  # indices (into the caller's group list) of the groups in this micro-batch
     lengths: torch.Tensor  # [S] completion tokens per sequence (the loss denominators)
+    prefixes: torch.Tensor | None = None  # [K, 2] int; None: no segment has a prefix (no sharing)
+    shared_ids: torch.Tensor | None = None  # [T] long; None: no position is shared
+    seq_tokens: int = 0  # tokens of the sequences, counting shared tokens once per sequence
 
     @property
     def num_seqs(self) -> int:
-        return self.cu_seqlens.numel() - 1
+        return self.lengths.numel()
 
     @property
     def num_tokens(self) -> int:
+        """Positions in the stream (what the model computes)."""
         return self.input_ids.numel()
 
     @property
@@ -90,32 +111,69 @@ def first_fit_decreasing(sizes: list[int], budget: int) -> list[list[int]]:
     return bins
 
 
-def collate(groups: list[tuple[Sequence, ...]], members: list[int]) -> MicroBatch:
+def shared_prefix(chosen: Sequence, rejected: Sequence) -> int:
+    """Positions a pair can store once: the common token prefix minus one (see the module docstring),
+    limited to the prompt when the two prompts differ in length, so the loss masks agree there."""
+    a, b = chosen.ids, rejected.ids
+    c = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        c += 1
+    s = max(0, c - 1)
+    if len(chosen.prompt_ids) != len(rejected.prompt_ids):
+        s = min(s, max(0, min(len(chosen.prompt_ids), len(rejected.prompt_ids)) - 1))
+    return s
+
+
+def group_size(group: tuple[Sequence, ...], share_prefix: bool = False) -> int:
+    """Stream positions a group takes in a micro-batch."""
+    size = sum(len(s) for s in group)
+    return size - shared_prefix(*group) if share_prefix and len(group) == 2 else size
+
+
+def collate(groups: list[tuple[Sequence, ...]], members: list[int], share_prefix: bool = False) -> MicroBatch:
     """Concatenate the sequences of `groups[i] for i in members` into one flat micro-batch.
 
-    A group of two sequences is a (chosen, rejected) pair; a group of one is a single sequence.
+    A group of two sequences is a (chosen, rejected) pair; a group of one is a single sequence. With
+    `share_prefix`, a pair's common prefix is stored once (module docstring).
     """
-    ids, pos, tgt, msk, sid, lengths = [], [], [], [], [], []
-    cu = [0]
+    ids, pos, tgt, msk, sid, shr, lengths = [], [], [], [], [], [], []
+    cu, prefixes = [0], []
     pairs = []
+
+    def put(seq: Sequence, seq_id: int, start: int, prefix: tuple[int, int], shared_with: int) -> None:
+        """Stream positions `start..n-1` of `seq`; positions before `start` live in `prefix`."""
+        n, p = len(seq), len(seq.prompt_ids)
+        full = seq.ids
+        ids.extend(full[start:])
+        pos.extend(range(start, n))
+        # position t predicts token t+1; the last position of a sequence predicts nothing
+        tgt.extend((*full[start + 1 :], 0))
+        # targets at positions p-1 .. n-2 are completion tokens (p >= 1 is checked at tokenization)
+        msk.extend(p - 1 <= t <= n - 2 for t in range(start, n))
+        sid.extend([seq_id] * (n - start))
+        shr.extend([shared_with] * (n - start))
+        cu.append(cu[-1] + n - start)
+        prefixes.append(prefix)
+
     for g in members:
         group = groups[g]
         first = len(lengths)
-        for seq in group:
-            s = len(lengths)
-            n, p = len(seq), len(seq.prompt_ids)
-            full = seq.ids
-            ids.extend(full)
-            pos.extend(range(n))
-            # position t predicts token t+1; the last position of a sequence predicts nothing
-            tgt.extend((*full[1:], 0))
-            # targets at positions p-1 .. n-2 are completion tokens (p >= 1 is checked at tokenization)
-            msk.extend([False] * (p - 1) + [True] * (n - p) + [False])
-            sid.extend([s] * n)
-            lengths.append(n - p)
-            cu.append(cu[-1] + n)
+        lengths.extend(len(seq) - len(seq.prompt_ids) for seq in group)
+        s = shared_prefix(*group) if share_prefix and len(group) == 2 else 0
+        if s:
+            start = cu[-1]
+            put(group[0], first, 0, (0, 0), -1)
+            shr[start : start + s] = [first + 1] * s  # the shared positions count for the rejected side too
+            put(group[1], first + 1, s, (start, start + s), -1)
+        else:
+            for k, seq in enumerate(group):
+                put(seq, first + k, 0, (0, 0), -1)
         if len(group) == 2:
             pairs.append((first, first + 1))
+    num_seqs = len(lengths)
+    shared = any(b > a for a, b in prefixes)
     return MicroBatch(
         input_ids=torch.tensor(ids, dtype=torch.long),
         position_ids=torch.tensor(pos, dtype=torch.long),
@@ -126,10 +184,17 @@ def collate(groups: list[tuple[Sequence, ...]], members: list[int]) -> MicroBatc
         pairs=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
         groups=list(members),
         lengths=torch.tensor(lengths, dtype=torch.long),
+        prefixes=torch.tensor(prefixes, dtype=torch.int32).reshape(-1, 2) if shared else None,
+        shared_ids=torch.tensor([num_seqs if x < 0 else x for x in shr], dtype=torch.long)
+        if shared
+        else None,
+        seq_tokens=sum(len(seq) for g in members for seq in groups[g]),
     )
 
 
-def pack(groups: list[tuple[Sequence, ...]], token_budget: int) -> list[MicroBatch]:
-    """Pack groups (pairs or single sequences) into micro-batches of about `token_budget` tokens."""
-    sizes = [sum(len(s) for s in g) for g in groups]
-    return [collate(groups, sorted(b)) for b in first_fit_decreasing(sizes, token_budget)]
+def pack(
+    groups: list[tuple[Sequence, ...]], token_budget: int, share_prefix: bool = False
+) -> list[MicroBatch]:
+    """Pack groups (pairs or single sequences) into micro-batches of about `token_budget` stream positions."""
+    sizes = [group_size(g, share_prefix) for g in groups]
+    return [collate(groups, sorted(b), share_prefix) for b in first_fit_decreasing(sizes, token_budget)]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from cipo_fast import checkpoint
 from cipo_fast.config import TrainConfig
-from cipo_fast.modeling import ModelOptions, load_model, micro_batch_logps
+from cipo_fast.modeling import ModelOptions, load_model, micro_batch_logps, score_sequences
 from cipo_fast.packing import Sequence, collate, first_fit_decreasing, pack
 from cipo_fast.trainers.preference import main as train
 
@@ -125,6 +125,94 @@ def test_packed_equals_unpacked(tiny_model_dir):
             ref.append(lp.gather(1, ids[0, 1:, None])[len(s.prompt_ids) - 1 :].sum())
     torch.testing.assert_close(packed, alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(packed, torch.stack(ref), rtol=0, atol=1e-5)
+
+
+def test_collate_with_shared_prefix_layout():
+    """prompt [5, 6], chosen [7, 8, 9], rejected [7, 3]: common prefix 3 tokens -> 2 stored once."""
+    c, r = Sequence((5, 6), (7, 8, 9)), Sequence((5, 6), (7, 3))
+    mb = collate([(c, r)], [0], share_prefix=True)
+    assert mb.input_ids.tolist() == [5, 6, 7, 8, 9, 7, 3]
+    assert mb.position_ids.tolist() == [0, 1, 2, 3, 4, 2, 3]
+    assert mb.targets.tolist() == [6, 7, 8, 9, 0, 3, 0]
+    assert mb.loss_mask.tolist() == [False, True, True, True, False, True, False]
+    assert mb.seq_ids.tolist() == [0, 0, 0, 0, 0, 1, 1]
+    assert mb.shared_ids.tolist() == [1, 1, 2, 2, 2, 2, 2]  # 2 = no second sequence
+    assert mb.cu_seqlens.tolist() == [0, 5, 7]
+    assert mb.prefixes.tolist() == [[0, 0], [0, 2]]
+    assert mb.lengths.tolist() == [3, 2] and mb.seq_tokens == 9 and mb.num_tokens == 7
+    # different prompt lengths: sharing stops before the shorter prompt's last token (masks must agree)
+    c2, r2 = Sequence((5, 6, 7), (8,)), Sequence((5, 6), (7, 9))
+    assert collate([(c2, r2)], [0], share_prefix=True).prefixes.tolist() == [[0, 0], [0, 1]]
+    # nothing in common: the unshared layout
+    plain = collate([(Sequence((1,), (2,)), Sequence((3,), (4,)))], [0], share_prefix=True)
+    assert plain.prefixes is None and plain.shared_ids is None
+
+
+def _shared_prefix_groups(tok, rng):
+    """Pairs whose sides share a prompt and a random part of the completion, plus a single sequence."""
+
+    def ids(text):
+        return tuple(tok(text, add_special_tokens=False)["input_ids"])
+
+    words = ["the", "author", "was", "born", "in", "a", "small", "town", "and", "wrote", "many", "novels"]
+    groups = []
+    for k in range(4):
+        prompt = ids(f"Question {k}: where was the author born?")
+        common = ids(" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))))
+        a = (*ids(" " + " ".join(rng.choice(words) for _ in range(rng.randint(1, 9)))), 2)
+        b = (*ids(" so I do not know " + " ".join(rng.choice(words) for _ in range(rng.randint(0, 5)))), 2)
+        groups.append((Sequence(prompt, common + a), Sequence(prompt, common + b)))
+    groups.append((Sequence(ids("A single"), (*ids(" sequence here"), 2)),))
+    return groups
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shared_prefix_equals_unshared_values_and_gradients(tiny_model_dir, seed):
+    """Prefix-shared packing gives the unshared layout's log-prob sums and parameter gradients."""
+    import random
+
+    model, tok = load_model(str(tiny_model_dir), ModelOptions())
+    groups = _shared_prefix_groups(tok, random.Random(seed))
+    members = list(range(len(groups)))
+
+    def run(share):
+        model.zero_grad(set_to_none=True)
+        mb = collate(groups, members, share_prefix=share)
+        logps = micro_batch_logps(model, mb)
+        c, r = mb.pairs[:, 0], mb.pairs[:, 1]
+        # a DPO-like combination that weighs each side differently, so a wrong attribution shows up
+        (torch.nn.functional.logsigmoid(0.3 * (logps[c] - logps[r])).sum() + 0.1 * logps.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logps.detach(), grads, mb.num_tokens
+
+    shared, g_shared, n_shared = run(True)
+    plain, g_plain, n_plain = run(False)
+    assert n_shared < n_plain  # the common prefixes were stored once
+    torch.testing.assert_close(shared, plain, rtol=1e-6, atol=1e-5)  # fp32 summation order
+    assert g_shared.keys() == g_plain.keys()
+    for name in g_plain:
+        torch.testing.assert_close(g_shared[name], g_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_score_sequences_shares_neighbours_prefixes(tiny_model_dir):
+    import random
+
+    model, tok = load_model(str(tiny_model_dir), ModelOptions())
+    seqs = [s for g in _shared_prefix_groups(tok, random.Random(2)) for s in g]
+    seqs = seqs[1:] + seqs[:1]  # odd alignment: neighbours from different pairs, then real pairs
+    shared = score_sequences(model, seqs, token_budget=64)
+    plain = score_sequences(model, seqs, token_budget=64, share_prefix=False)
+    torch.testing.assert_close(shared, plain, rtol=1e-6, atol=1e-5)
+
+
+def test_shared_prefix_refused_by_attention_that_ignores_it(tiny_model_dir):
+    import random
+
+    model, tok = load_model(str(tiny_model_dir), ModelOptions())
+    model.config._attn_implementation = "sdpa"
+    mb = collate(_shared_prefix_groups(tok, random.Random(0)), [0, 1], share_prefix=True)
+    with pytest.raises(ValueError, match="prefix-shared micro-batch needs the cipo_varlen attention"):
+        micro_batch_logps(model, mb)
 
 
 # ---- TRL parity ----

@@ -47,6 +47,7 @@ from cipo_fast.modeling import (
     model_fingerprint,
     quiet_transformers,
     score_sequences,
+    supports_prefix_sharing,
 )
 from cipo_fast.packing import pack
 from cipo_fast.refcache import RefCache, namespace
@@ -124,7 +125,8 @@ def accumulate_step(
     params = losses.LossParams(
         beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma
     )
-    for mb in pack(groups, cfg.token_budget):
+    share = cfg.share_prefix and supports_prefix_sharing(model)
+    for mb in pack(groups, cfg.token_budget, share_prefix=share):
         logps = micro_batch_logps(model, mb, cfg.backend, autocast)
         lengths = mb.lengths.to(logps.device, torch.float32)
         refs = (
@@ -161,7 +163,7 @@ def accumulate_step(
         part = per.sum() / len(groups)
         part.backward()
         stats.loss += float(part.detach())
-        stats.tokens += mb.num_tokens
+        stats.tokens += mb.seq_tokens
     for mb in pack([(s,) for s in retain_seqs], cfg.token_budget):
         logps = micro_batch_logps(model, mb, cfg.backend, autocast)
         per = -logps / mb.lengths.to(logps.device, torch.float32)  # token-mean NLL per sequence
@@ -169,7 +171,7 @@ def accumulate_step(
         part.backward()
         stats.loss += float(part.detach())
         stats.add("loss/retain", per)
-        stats.tokens += mb.num_tokens
+        stats.tokens += mb.seq_tokens
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -200,13 +202,16 @@ class Reference:
                 budget,
                 self.cfg.backend,
                 progress="reference log-probs" if self.cfg.progress else None,
+                share_prefix=self.cfg.share_prefix,
             )
         else:
             if self.lazy_model is None:
                 self.lazy_model = self.make_ref_model()
             ref_model, ctx = self.lazy_model
             with ctx():
-                values = score_sequences(ref_model, todo, budget, self.cfg.backend)
+                values = score_sequences(
+                    ref_model, todo, budget, self.cfg.backend, share_prefix=self.cfg.share_prefix
+                )
             if self.cfg.ref_mode == "precompute":
                 self.lazy_model = None  # a reloaded reference lives only as long as its pass
         self.cache.put(todo, values)
