@@ -87,7 +87,7 @@ class TrainConfig:
         None  # chosen traces to seed with: JSONL {id, cot, answer} or items with idk_cot/idk_answer
     )
     gen_max_new_tokens: int = 192
-    gen_batch_size: int = 64
+    gen_batch_size: int = 128
     # outputs
     save_steps: int = 0  # 0: checkpoint only at the end
     keep_checkpoints: int = 2

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from cipo_fast import leakage
 from cipo_fast.datasets import Item
-from cipo_fast.generation import GenConfig, Strategy, generate
+from cipo_fast.generation import GenConfig, Strategy, generate_many
 
 UNCERTAINTY = re.compile(
     r"\b(not (?:entirely |completely |really )?(?:sure|certain)|(?:do|does|did)\s*n[o']t know|don't know|"
@@ -171,20 +171,21 @@ def generate_counterfactuals(
         for cot, answer in (seeds or {}).get(it.id, []):
             if passes_filter(cot, answer, True, facts[it.id], cfg, alt.get(it.id)):
                 out[it.id].append(Chosen(it.id, cot.strip(), answer.strip(), "seed"))
-    sampling = Strategy("counterfactual", cfg.temperature, cfg.candidates)
     g = GenConfig(max_new_tokens=cfg.max_new_tokens, batch_size=gen.batch_size, seed=gen.seed + 17)
-    for source, template in (("boundary", BOUNDARY_PROMPT), ("alt_path", ALT_PATH_PROMPT)):
-        prompts = [tok.prompt_text(template.format(question=it.question.strip())) for it in items]
-        texts = generate(
-            model,
-            tok.tok,
-            prompts,
-            sampling,
-            g,
-            chat=tok.chat,
-            progress=f"counterfactuals ({source})" if progress else None,
+    kinds = (("boundary", BOUNDARY_PROMPT), ("alt_path", ALT_PATH_PROMPT))
+    # one strategy per prompt kind (same temperature and samples), named so batches are seeded apart
+    jobs = [
+        (
+            [tok.prompt_text(template.format(question=it.question.strip())) for it in items],
+            Strategy(f"counterfactual_{source}", cfg.temperature, cfg.candidates),
         )
-        for it, outs in zip(items, texts):
+        for source, template in kinds
+    ]
+    texts = generate_many(
+        model, tok.tok, jobs, g, chat=tok.chat, progress="counterfactuals" if progress else None
+    )
+    for (source, _), job in zip(kinds, texts):
+        for it, outs in zip(items, job):
             for o in outs:
                 parts = leakage.split_reasoning(o, open_tag, close_tag)
                 if passes_filter(parts.cot, parts.answer, parts.closed, facts[it.id], cfg, alt.get(it.id)):

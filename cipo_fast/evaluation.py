@@ -33,7 +33,7 @@ from statistics import harmonic_mean, mean
 from cipo_fast import leakage, textmetrics
 from cipo_fast.datasets import Item, load_gsm8k, load_items
 from cipo_fast.files import write_json, write_jsonl
-from cipo_fast.generation import STRATEGY_NAMES, GenConfig, Strategy, generate, make_strategies
+from cipo_fast.generation import STRATEGY_NAMES, GenConfig, Strategy, generate, generate_many, make_strategies
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class EvalConfig:
     utility_limit: int | None = 100
     task_ids: tuple[int, ...] | None = None
     max_new_tokens: int = 256
-    batch_size: int = 64  # sequences per generation batch
+    batch_size: int = 128  # rows (prompts x samples, all strategies) per generation batch
     seed: int = 0
     prompt_format: str = "auto"
     system_prompt: str | None = None
@@ -166,11 +166,16 @@ def sample_forget(
     prompts = prompts_for(items, tok)
     facts = [item_facts(it) for it in items]
     out = []
-    for st in strategies:
-        texts = generate(
-            model, tok.tok, prompts, st, gen, chat=tok.chat, progress=st.name if progress else None
-        )
-        for it, f, outs in zip(items, facts, texts):
+    texts = generate_many(
+        model,
+        tok.tok,
+        [(prompts, st) for st in strategies],
+        gen,
+        chat=tok.chat,
+        progress="forget samples" if progress else None,
+    )
+    for st, job in zip(strategies, texts):
+        for it, f, outs in zip(items, facts, job):
             out.extend(score_sample(it, f, st, o, open_tag, close_tag) for o in outs)
     return out
 

@@ -10,9 +10,10 @@ assistant turn:
     lessthink     the think block opened and closed with one line:
                   "<think>\\nOkay, the user asked this, I can answer it without thinking much.\\n</think>\\n\\n"
 
-Prompts are sorted by length and generated in left-padded batches with the KV cache (`generate`); on CUDA
-the static cache is used so decoding can run under CUDA graphs. Each batch is seeded from (seed, strategy,
-batch index), so the same call gives the same text; greedy decoding does not depend on batching at all.
+Samples of all requested strategies are rows of the same left-padded batches (`generate_many`; each row
+has its prefill and temperature), sorted by length and decoded by `decode`: a preallocated KV cache,
+last-position logits only, and inverse-CDF sampling. Each batch draws from its own generator seeded from
+(seed, strategies, batch index), so the same call gives the same text and the global RNG is not touched.
 Returned texts include the prefill, so `leakage.split_reasoning` sees the whole think block.
 """
 
@@ -66,11 +67,83 @@ def make_strategies(
 @dataclass(frozen=True)
 class GenConfig:
     max_new_tokens: int = 256
-    batch_size: int = 64  # sequences per batch (prompts x samples); large batches amortize per-step overhead
+    batch_size: int = 128  # rows per batch (prompts x samples, all strategies); large batches amortize a step
     seed: int = 0
 
 
+def pick_tokens(logits: torch.Tensor, temperatures: torch.Tensor, generator=None) -> torch.Tensor:
+    """Next token per row: the argmax where the row's temperature is 0, else a sample of
+    softmax(logits / T) drawn by inverse CDF (one uniform per row: a cumulative sum and a binary search,
+    where `torch.multinomial` draws an exponential per vocabulary entry, ~4x the whole step's LM head)."""
+    out = logits.argmax(-1)
+    hot = temperatures > 0
+    if bool(hot.any()):
+        rows = hot.nonzero().squeeze(1)
+        probs = torch.softmax(logits[rows].float() / temperatures[rows, None], dim=-1)
+        cdf = probs.cumsum(-1)
+        u = torch.rand((rows.numel(), 1), generator=generator, device=logits.device) * cdf[:, -1:]
+        picked = torch.searchsorted(cdf, u).squeeze(1).clamp_max(logits.shape[-1] - 1)
+        out[rows] = picked
+    return out
+
+
 @torch.no_grad()
+def decode(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    temperatures: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    generator=None,
+) -> torch.Tensor:
+    """New tokens `[B, <= max_new_tokens]` for left-padded prompts `ids`/`mask` `[B, W]`, each row at its
+    own temperature; rows after their EOS hold `pad_id`; stops when every row has ended.
+
+    The KV cache is allocated once for `W + max_new_tokens` positions (no per-step concatenation, which
+    costs as much as the LM head in transformers' growing cache at this size) and only the last
+    position's logits are computed."""
+    from transformers import StaticCache
+
+    b, w = ids.shape
+    device = ids.device
+    cache = StaticCache(config=model.config, max_cache_len=w + max_new_tokens)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    full_mask = torch.cat((mask, torch.zeros(b, max_new_tokens, dtype=mask.dtype, device=device)), 1)
+    logits = model(
+        input_ids=ids,
+        attention_mask=full_mask[:, :w],
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+        cache_position=torch.arange(w, device=device),
+        logits_to_keep=1,
+    ).logits[:, -1]
+    nxt_pos = pos[:, -1:] + 1
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    new = []
+    for t in range(max_new_tokens):
+        tok = pick_tokens(logits, temperatures, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        new.append(tok)
+        done |= tok == eos_id
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        full_mask[:, w + t] = 1
+        logits = model(
+            input_ids=tok[:, None],
+            attention_mask=full_mask[:, : w + t + 1],
+            position_ids=nxt_pos,
+            past_key_values=cache,
+            use_cache=True,
+            cache_position=torch.tensor([w + t], device=device),
+            logits_to_keep=1,
+        ).logits[:, -1]
+        nxt_pos = nxt_pos + 1
+    return torch.stack(new, 1) if new else torch.zeros(b, 0, dtype=torch.long, device=device)
+
+
 def generate(
     model,
     tokenizer,
@@ -82,44 +155,70 @@ def generate(
     progress: str | None = None,
 ) -> list[list[str]]:
     """`strategy.samples` completions per prompt text (already chat-formatted when `chat`)."""
+    return generate_many(model, tokenizer, [(prompts, strategy)], cfg, chat=chat, progress=progress)[0]
+
+
+@torch.no_grad()
+def generate_many(
+    model,
+    tokenizer,
+    jobs: list[tuple[list[str], Strategy]],
+    cfg: GenConfig,
+    *,
+    chat: bool = True,
+    progress: str | None = None,
+) -> list[list[list[str]]]:
+    """Completions for several (prompts, strategy) jobs at once: `out[job][prompt]` is that prompt's
+    `strategy.samples` texts. Every sample of every job is one row; rows of all jobs share batches (each
+    row with its strategy's prefill and temperature), so a decoding step streams the weights once for
+    all strategies. On a CPU a 135M model's decoding step is bound by reading its weights, so this is
+    what makes sampling several strategies cheap."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    texts = [p + strategy.prefill for p in prompts]
-    enc = [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
-    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
-    out: list[list[str]] = [[] for _ in prompts]
+    rows = [  # (job, prompt index, prefill, temperature, token ids)
+        (
+            j,
+            i,
+            st.prefill,
+            st.temperature,
+            tokenizer(p + st.prefill, add_special_tokens=not chat)["input_ids"],
+        )
+        for j, (prompts, st) in enumerate(jobs)
+        for i, p in enumerate(prompts)
+        for _ in range(st.samples)
+    ]
+    order = sorted(range(len(rows)), key=lambda r: -len(rows[r][4]))
+    out: list[list[list[str]]] = [[[] for _ in prompts] for prompts, _ in jobs]
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    per_batch = max(1, cfg.batch_size // strategy.samples)
-    batches = [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
+    batches = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+    salt = zlib.crc32("|".join(st.name for _, st in jobs).encode())
+    texts: dict[int, str] = {}
     for b, idx in enumerate(tqdm(batches, desc=progress, disable=progress is None, leave=False)):
-        width = max(len(enc[i]) for i in idx)
+        width = max(len(rows[r][4]) for r in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):  # left padding
-            ids[r, width - len(enc[i]) :] = torch.tensor(enc[i])
-            mask[r, width - len(enc[i]) :] = 1
-        kwargs = dict(
-            max_new_tokens=cfg.max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-            num_return_sequences=strategy.samples,
-        )
-        if strategy.temperature > 0:
-            kwargs.update(do_sample=True, temperature=strategy.temperature, top_p=1.0, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if device.type == "cuda":
-            kwargs["cache_implementation"] = "static"
-        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left untouched
-            torch.manual_seed(cfg.seed * 1_000_003 + zlib.crc32(strategy.name.encode()) + b)
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        new = gen[:, width:].cpu()
-        for r, i in enumerate(idx):
-            for s in range(strategy.samples):
-                row = new[r * strategy.samples + s]
-                out[i].append(strategy.prefill + tokenizer.decode(row, skip_special_tokens=True))
+        for k, r in enumerate(idx):  # left padding
+            enc = rows[r][4]
+            ids[k, width - len(enc) :] = torch.tensor(enc)
+            mask[k, width - len(enc) :] = 1
+        temps = torch.tensor([rows[r][3] for r in idx], dtype=torch.float32, device=device)
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + salt + b)
+        new = decode(
+            model,
+            ids.to(device),
+            mask.to(device),
+            temps,
+            cfg.max_new_tokens,
+            tokenizer.eos_token_id,
+            pad,
+            gen,
+        ).cpu()
+        for k, r in enumerate(idx):
+            texts[r] = rows[r][2] + tokenizer.decode(new[k], skip_special_tokens=True)
+    for r, (j, i, *_rest) in enumerate(rows):  # rows are in (job, prompt, sample) order
+        out[j][i].append(texts[r])
     model.train(was_training)
     return out

@@ -39,7 +39,7 @@ def write(path: Path, rows) -> Path:
 
 
 def scripted(leaks):
-    """A stand-in for `generation.generate` whose outputs depend on the prompt and on the model's weights
+    """A stand-in for `generation.generate_many` whose outputs depend on the prompt and on the model's weights
     (through a checksum), so a resumed run reproduces them only if its weights are exactly restored."""
 
     def generate(model, tokenizer, prompts, strategy, cfg, *, chat=True, progress=None):
@@ -62,14 +62,17 @@ def scripted(leaks):
             out.append(samples)
         return out
 
-    return generate
+    def generate_many(model, tokenizer, jobs, cfg, *, chat=True, progress=None):
+        return [generate(model, tokenizer, prompts, st, cfg, chat=chat) for prompts, st in jobs]
+
+    return generate_many
 
 
 @pytest.fixture
 def run_cipo(tiny_model_dir, tmp_path, monkeypatch):
     def run(leaks, **over):
-        monkeypatch.setattr(evaluation, "generate", scripted(leaks))
-        monkeypatch.setattr(counterfactual, "generate", scripted(leaks))
+        monkeypatch.setattr(evaluation, "generate_many", scripted(leaks))
+        monkeypatch.setattr(counterfactual, "generate_many", scripted(leaks))
         base = dict(
             method="cipo",
             model=str(tiny_model_dir),
