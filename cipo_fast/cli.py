@@ -196,8 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="synthetic authors -> target model -> CiPO -> before/after report")
     dm.add_argument("--out", default="runs/demo")
     dm.add_argument("--model", default="smollm2-135m")
-    dm.add_argument("--rounds", type=int, default=4)
-    dm.add_argument("--seed", type=int, default=0)
+    from cipo_fast.demo import DemoConfig
+
+    dd = DemoConfig.__dataclass_fields__
+    dm.add_argument("--rounds", type=int, default=dd["rounds"].default, help="CiPO rounds")
+    dm.add_argument(
+        "--sft-epochs", type=float, default=dd["sft_epochs"].default, help="epochs of the target model's SFT"
+    )
+    dm.add_argument("--seed", type=int, default=dd["seed"].default)
     dm.add_argument(
         "--compare",
         action="store_true",

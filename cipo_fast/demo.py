@@ -33,7 +33,7 @@ class DemoConfig:
     seed: int = 0
     sft_epochs: float = 4.0
     sft_lr: float = 4e-4
-    rounds: int = 4
+    rounds: int = 5
     lr: float = 1e-4
     round_epochs: float = 2.0
     cf_candidates: int = 2

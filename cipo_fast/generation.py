@@ -82,7 +82,7 @@ def pick_tokens(logits: torch.Tensor, temperatures: torch.Tensor, generator=None
         probs = torch.softmax(logits[rows].float() / temperatures[rows, None], dim=-1)
         cdf = probs.cumsum(-1)
         u = torch.rand((rows.numel(), 1), generator=generator, device=logits.device) * cdf[:, -1:]
-        picked = torch.searchsorted(cdf, u).squeeze(1).clamp_max(logits.shape[-1] - 1)
+        picked = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(logits.shape[-1] - 1)
         out[rows] = picked
     return out
 
