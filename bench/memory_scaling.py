@@ -292,6 +292,11 @@ def measure(a: argparse.Namespace) -> int:
             **loss_path_row(shape, prompt_tokens, length),
         }
         for name in systems:
+            stop = next((r[name]["status"] for r in rows if r[name]["status"] in ("OOM", "timeout")), None)
+            if stop:  # a longer pair needs more memory and time: a system that failed so is not rerun
+                row[name] = {"status": f"skipped ({stop} at a shorter L)", "peak_rss_bytes": None}
+                print(json.dumps({"length": length, "system": name, **row[name]}), flush=True)
+                continue
             wd = work / f"{name}_{length}"
             args = [
                 __file__,
@@ -307,7 +312,8 @@ def measure(a: argparse.Namespace) -> int:
             run = run_child(args, mem_limit_bytes=limit, timeout_s=a.timeout)
             r = run.result()
             if run.returncode != 0 or r is None:
-                status = "OOM" if is_oom(run) else "error"
+                timed_out = a.timeout is not None and run.wall_s >= a.timeout
+                status = "OOM" if is_oom(run) else "timeout" if timed_out else "error"
                 r = {"status": status, "error": error_summary(run)}
             else:
                 r["status"] = "ok"
@@ -330,6 +336,9 @@ def measure(a: argparse.Namespace) -> int:
             )
     first_oom = {
         name: next((r["length"] for r in rows if r[name]["status"] == "OOM"), None) for name in systems
+    }
+    first_timeout = {
+        name: next((r["length"] for r in rows if r[name]["status"] == "timeout"), None) for name in systems
     }
     # the cap is on address space: how much more of it than RSS each process holds (libraries' reservations)
     vm_overhead = {
@@ -361,6 +370,8 @@ def measure(a: argparse.Namespace) -> int:
         },
         "fits": fits,
         "first_oom_length": first_oom,
+        "first_timeout_length": first_timeout,
+        "timeout_s": a.timeout,
         "address_space_minus_rss_bytes": vm_overhead,
         "rows": rows,
     }
@@ -429,7 +440,11 @@ def table(report: dict, systems: list[str]) -> str:
         "",
         "Out of memory: "
         + ", ".join(
-            f"{n} first at L = {v}" if v else f"{n} none up to L = {report['rows'][-1]['length']}"
+            f"{n} first at L = {v}"
+            if v
+            else f"{n} not reached: killed at L = {t} after the {report['timeout_s']:g} s limit per point"
+            if (t := report.get("first_timeout_length", {}).get(n))
+            else f"{n} none up to L = {report['rows'][-1]['length']}"
             for n, v in oom.items()
         )
         + f". The {report['mem_limit_gib']:g} GiB cap is on address space, which exceeds the peak RSS by "

@@ -291,6 +291,7 @@ def run_cipo(name: str, overrides: dict, a: argparse.Namespace) -> dict:
             "batch_size": cfg.batch_size,
             "token_budget": cfg.token_budget,
             "checkpoint_every": cfg.checkpoint_every,
+            "share_prefix": cfg.share_prefix,
             "ref_mode": cfg.ref_mode,
             "max_length": cfg.max_length,
             "backend": cfg.backend,
@@ -514,7 +515,8 @@ def describe(name: str, r: dict) -> str:
     if name.startswith("cipo-fast"):
         ce = s.get("checkpoint_every", SYSTEMS[name][1].get("checkpoint_every", 1))
         ckpt = "no activation checkpointing" if ce == 0 else f"checkpointing every {ce} layer(s)"
-        return f"packed, token budget {s.get('token_budget', 4096)}, {ckpt}, reference precomputed"
+        shared = ", common prompt prefix once" if s.get("share_prefix") else ""
+        return f"packed{shared}, token budget {s.get('token_budget', 4096)}, {ckpt}, reference precomputed"
     return {
         "trl-default": "defaults: gradient checkpointing, reference model run every step, padded",
         "trl-precompute-nogc": "precompute_ref_log_probs, no gradient checkpointing",

@@ -55,10 +55,12 @@ def _optimizer_tensors(optimizer, names: dict[int, str]) -> tuple[dict[str, torc
     return tensors, sd["param_groups"]
 
 
-def save(ckpt_root: Path, step: int, model, optimizer, state: dict, keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically and point `latest` at it; keep the newest `keep` checkpoints."""
+def save(ckpt_root: Path, index: int, model, optimizer, state: dict, keep: int = 2) -> Path:
+    """Write checkpoint number `index` atomically and point `latest` at it; keep the newest `keep`.
+
+    `state` is stored as given; its `step` defaults to `index` (a caller's own `step` is never replaced)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step-{step:08d}"
+    final = ckpt_root / f"step-{index:08d}"
     tmp = ckpt_root / f"{final.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -76,8 +78,8 @@ def save(ckpt_root: Path, step: int, model, optimizer, state: dict, keep: int = 
     py_state = random.getstate()
     np_state = np.random.get_state()
     full = {
+        "step": index,
         **state,
-        "step": step,
         "optimizer_param_groups": groups,
         "optimizer_param_names": [names[i] for i in range(len(params))],
         "python_random": [py_state[0], list(py_state[1]), py_state[2]],

@@ -19,6 +19,7 @@ Returned texts include the prefill, so `leakage.split_reasoning` sees the whole 
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -106,6 +107,9 @@ def decode(
     position's logits are computed."""
     from transformers import StaticCache
 
+    # transformers >= 5.23 renames `past_key_values` to `cache` (FutureWarning); older 5.x only know the
+    # former, and an unknown keyword would be swallowed by **kwargs, i.e. decoding without the cache
+    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
     b, w = ids.shape
     device = ids.device
     cache = StaticCache(config=model.config, max_cache_len=w + max_new_tokens)
