@@ -75,7 +75,7 @@ class GenConfig:
 def pick_tokens(logits: torch.Tensor, temperatures: torch.Tensor, generator=None) -> torch.Tensor:
     """Next token per row: the argmax where the row's temperature is 0, else a sample of
     softmax(logits / T) drawn by inverse CDF (one uniform per row: a cumulative sum and a binary search,
-    where `torch.multinomial` draws an exponential per vocabulary entry, ~4x the whole step's LM head)."""
+    where `torch.multinomial` draws an exponential per vocabulary entry: ~3x the step's LM head here)."""
     out = logits.argmax(-1)
     hot = temperatures > 0
     if bool(hot.any()):
