@@ -39,6 +39,7 @@ forward and backward), derived from the code:
 
     python bench/memory_scaling.py                        # SmolLM2-135M, L = 512 ... 16384
     python bench/memory_scaling.py --model tiny --lengths 64,128 --out /tmp/bench --no-readme   # smoke
+    python bench/memory_scaling.py --timeout 600 --points LOG   # reuse the points an earlier run printed
     python bench/memory_scaling.py --point cipo-fast 1024 --model-path DIR --data pair.jsonl --workdir W
 """
 
@@ -266,6 +267,30 @@ def fit(points: list[tuple[int, int]]) -> dict | None:
 # ----------------------------------------------------------------------------------------------------
 
 
+def failure_status(status: str, wall_s: float | None, timeout_s: float | None) -> str:
+    """A point killed by the per-point time limit is a timeout, even though SIGKILL looks like an OOM kill."""
+    if status in ("OOM", "error") and timeout_s is not None and wall_s is not None and wall_s >= timeout_s:
+        return "timeout"
+    return status
+
+
+def load_points(path: Path) -> dict[tuple[int, str], dict]:
+    """Per-point JSON lines printed by an earlier run (its stdout), by (L, system); later lines win."""
+    points = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.startswith("{"):
+            continue
+        try:
+            r = json.loads(line)
+            key = (int(r.pop("length")), str(r.pop("system")))
+        except (json.JSONDecodeError, KeyError, ValueError) as e:
+            raise SystemExit(f"--points {path}:{lineno}: not a point line ({e})") from None
+        r.pop("reused", None)
+        if not str(r.get("status", "")).startswith("skipped"):
+            points[key] = r
+    return points
+
+
 def measure(a: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
@@ -282,6 +307,7 @@ def measure(a: argparse.Namespace) -> int:
     systems = a.systems.split(",")
     limit = int(a.mem_limit_gb * GiB)
 
+    reused = load_points(Path(a.points)) if a.points else {}
     rows = []
     for length in lengths:
         data = work / f"pair_{length}.json"
@@ -296,6 +322,12 @@ def measure(a: argparse.Namespace) -> int:
             if stop:  # a longer pair needs more memory and time: a system that failed so is not rerun
                 row[name] = {"status": f"skipped ({stop} at a shorter L)", "peak_rss_bytes": None}
                 print(json.dumps({"length": length, "system": name, **row[name]}), flush=True)
+                continue
+            if (length, name) in reused:  # measured by an earlier run (--points)
+                r = reused[(length, name)]
+                r["status"] = failure_status(r["status"], r.get("process_wall_s"), a.timeout)
+                row[name] = r
+                print(json.dumps({"length": length, "system": name, "reused": True, **r}), flush=True)
                 continue
             wd = work / f"{name}_{length}"
             args = [
@@ -312,8 +344,7 @@ def measure(a: argparse.Namespace) -> int:
             run = run_child(args, mem_limit_bytes=limit, timeout_s=a.timeout)
             r = run.result()
             if run.returncode != 0 or r is None:
-                timed_out = a.timeout is not None and run.wall_s >= a.timeout
-                status = "OOM" if is_oom(run) else "timeout" if timed_out else "error"
+                status = failure_status("OOM" if is_oom(run) else "error", run.wall_s, a.timeout)
                 r = {"status": status, "error": error_summary(run)}
             else:
                 r["status"] = "ok"
@@ -499,6 +530,11 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per point before it is killed")
     ap.add_argument("--out", default=str(OUT), help="where memory_scaling.json and .png go")
     ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not touch README.md")
+    ap.add_argument(
+        "--points",
+        help="stdout of an earlier run: its per-point lines are reused (same --model, lengths and cap), "
+        "only the missing points run",
+    )
     # child entry point
     ap.add_argument("--point", nargs=2, metavar=("SYSTEM", "L"), help=argparse.SUPPRESS)
     ap.add_argument("--model-path", help=argparse.SUPPRESS)

@@ -155,3 +155,20 @@ def test_profile_step_smoke(shared_data, tiny_model_dir, tmp_path):
         assert cats[name] > 0, name
     assert sum(cats.values()) <= r["step_wall_s"] * 1.01
     assert r["layer_gemm_gflop_per_s_in_training"] > 0 and r["config"]["checkpoint_every"] == 1
+
+
+def test_memory_scaling_timeouts_and_reused_points(tmp_path):
+    ms = load_bench("memory_scaling")
+    assert ms.failure_status("OOM", 600.3, 600) == "timeout"  # our SIGKILL at the limit, not the OOM killer
+    assert ms.failure_status("OOM", 12.0, 600) == "OOM"
+    assert ms.failure_status("error", 5.0, None) == "error"
+    log = tmp_path / "points.txt"
+    log.write_text(
+        "a progress line\n"
+        '{"length": 512, "system": "cipo-fast", "status": "ok", "peak_rss_bytes": 1}\n'
+        '{"length": 1024, "system": "trl-default", "status": "skipped (OOM at a shorter L)"}\n'
+    )
+    assert ms.load_points(log) == {(512, "cipo-fast"): {"status": "ok", "peak_rss_bytes": 1}}
+    log.write_text('{"system": "cipo-fast"}\n')
+    with pytest.raises(SystemExit, match=r"points.txt:1: not a point line"):
+        ms.load_points(log)
