@@ -502,6 +502,13 @@ def plot(report: dict, systems: list[str], path: Path) -> None:
         oom = [r["length"] for r in report["rows"] if r[name]["status"] == "OOM"]
         if oom:
             ax.plot(oom, [limit] * len(oom), "x", color="red", markersize=10, label=f"{name}: OOM")
+        for k, length in enumerate(r["length"] for r in report["rows"] if r[name]["status"] == "timeout"):
+            ax.axvline(  # no memory value: the point was killed by the time limit
+                length,
+                linestyle=":",
+                color=ax.lines[-1].get_color() if ok else "grey",
+                label=f"{name}: killed at {report['timeout_s']:g} s (no value)" if k == 0 else None,
+            )
     ax.axhline(
         limit,
         linestyle="--",
