@@ -172,3 +172,9 @@ def test_memory_scaling_timeouts_and_reused_points(tmp_path):
     log.write_text('{"system": "cipo-fast"}\n')
     with pytest.raises(SystemExit, match=r"points.txt:1: not a point line"):
         ms.load_points(log)
+    # a killed point has no memory value: the plot marks it without one
+    row = {"length": 64, "cipo-fast": {"status": "ok", "peak_rss_bytes": 2e9}}
+    killed = {"length": 128, "cipo-fast": {"status": "timeout", "peak_rss_bytes": None}}
+    report = {"mem_limit_gib": 22, "timeout_s": 600, "model": "tiny", "rows": [row, killed]}
+    ms.plot(report, ["cipo-fast"], tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
