@@ -109,43 +109,46 @@ def decode(
 
     # transformers >= 5.23 renames `past_key_values` to `cache` (FutureWarning); older 5.x only know the
     # former, and an unknown keyword would be swallowed by **kwargs, i.e. decoding without the cache
-    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
-    b, w = ids.shape
-    device = ids.device
-    cache = StaticCache(config=model.config, max_cache_len=w + max_new_tokens)
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    full_mask = torch.cat((mask, torch.zeros(b, max_new_tokens, dtype=mask.dtype, device=device)), 1)
-    logits = model(
-        input_ids=ids,
-        attention_mask=full_mask[:, :w],
-        position_ids=pos,
-        past_key_values=cache,
-        use_cache=True,
-        cache_position=torch.arange(w, device=device),
-        logits_to_keep=1,
-    ).logits[:, -1]
-    nxt_pos = pos[:, -1:] + 1
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    new = []
-    for t in range(max_new_tokens):
-        tok = pick_tokens(logits, temperatures, generator)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        new.append(tok)
-        done |= tok == eos_id
-        if bool(done.all()) or t == max_new_tokens - 1:
-            break
-        full_mask[:, w + t] = 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning
+        )
+        b, w = ids.shape
+        device = ids.device
+        cache = StaticCache(config=model.config, max_cache_len=w + max_new_tokens)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        full_mask = torch.cat((mask, torch.zeros(b, max_new_tokens, dtype=mask.dtype, device=device)), 1)
         logits = model(
-            input_ids=tok[:, None],
-            attention_mask=full_mask[:, : w + t + 1],
-            position_ids=nxt_pos,
+            input_ids=ids,
+            attention_mask=full_mask[:, :w],
+            position_ids=pos,
             past_key_values=cache,
             use_cache=True,
-            cache_position=torch.tensor([w + t], device=device),
+            cache_position=torch.arange(w, device=device),
             logits_to_keep=1,
         ).logits[:, -1]
-        nxt_pos = nxt_pos + 1
-    return torch.stack(new, 1) if new else torch.zeros(b, 0, dtype=torch.long, device=device)
+        nxt_pos = pos[:, -1:] + 1
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        new = []
+        for t in range(max_new_tokens):
+            tok = pick_tokens(logits, temperatures, generator)
+            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+            new.append(tok)
+            done |= tok == eos_id
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            full_mask[:, w + t] = 1
+            logits = model(
+                input_ids=tok[:, None],
+                attention_mask=full_mask[:, : w + t + 1],
+                position_ids=nxt_pos,
+                past_key_values=cache,
+                use_cache=True,
+                cache_position=torch.tensor([w + t], device=device),
+                logits_to_keep=1,
+            ).logits[:, -1]
+            nxt_pos = nxt_pos + 1
+        return torch.stack(new, 1) if new else torch.zeros(b, 0, dtype=torch.long, device=device)
 
 
 def generate(

@@ -60,7 +60,7 @@ def _varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     assert query.shape[0] == 1, "packed attention expects a batch of one flat stream"
     bounds = cu.tolist()
     prefixes = kwargs.get("cipo_prefixes")
-    prefixes = prefixes.tolist() if prefixes is not None else [(0, 0)] * (len(bounds) - 1)
+    prefixes = prefixes if prefixes is not None else [(0, 0)] * (len(bounds) - 1)
     gqa = query.shape[1] != key.shape[1]
     drop = dropout if module.training else 0.0
     outs = []
@@ -113,7 +113,7 @@ def pick_attention(device: torch.device) -> str:
     return VARLEN_ATTN
 
 
-def packed_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, prefixes: torch.Tensor | None = None) -> dict:
+def packed_kwargs(cu_seqlens: torch.Tensor, max_seqlen: int, prefixes: tuple | None = None) -> dict:
     """The keyword arguments transformers forwards to the attention function for packed sequences."""
     kw = dict(
         cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=max_seqlen, max_length_k=max_seqlen
@@ -347,7 +347,7 @@ def forward_hidden(
     position_ids: torch.Tensor,
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
-    prefixes: torch.Tensor | None = None,
+    prefixes: tuple | None = None,
 ) -> torch.Tensor:
     """Final hidden states `[T, d]` of a packed micro-batch (no logits are computed)."""
     if prefixes is not None and not supports_prefix_sharing(model):

@@ -66,7 +66,9 @@ class MicroBatch:
     pairs: torch.Tensor  # [P, 2]; empty for single-sequence data
     groups: list[int]  # indices (into the caller's group list) of the groups in this micro-batch
     lengths: torch.Tensor  # [S] completion tokens per sequence (the loss denominators)
-    prefixes: torch.Tensor | None = None  # [K, 2] int; None: no segment has a prefix (no sharing)
+    # per segment (start, end) of a prefix range; host ints (read by every attention layer without a device
+    # sync); None: no segment has a prefix (no sharing)
+    prefixes: tuple[tuple[int, int], ...] | None = None
     shared_ids: torch.Tensor | None = None  # [T] long; None: no position is shared
     seq_tokens: int = 0  # tokens of the sequences, counting shared tokens once per sequence
 
@@ -142,7 +144,7 @@ def collate(groups: list[tuple[Sequence, ...]], members: list[int], share_prefix
     cu, prefixes = [0], []
     pairs = []
 
-    def put(seq: Sequence, seq_id: int, start: int, prefix: tuple[int, int], shared_with: int) -> None:
+    def put(seq: Sequence, seq_id: int, start: int, prefix: tuple[int, int]) -> None:
         """Stream positions `start..n-1` of `seq`; positions before `start` live in `prefix`."""
         n, p = len(seq), len(seq.prompt_ids)
         full = seq.ids
@@ -151,9 +153,10 @@ def collate(groups: list[tuple[Sequence, ...]], members: list[int], share_prefix
         # position t predicts token t+1; the last position of a sequence predicts nothing
         tgt.extend((*full[start + 1 :], 0))
         # targets at positions p-1 .. n-2 are completion tokens (p >= 1 is checked at tokenization)
-        msk.extend(p - 1 <= t <= n - 2 for t in range(start, n))
+        first_scored = max(p - 1, start)
+        msk.extend([False] * (first_scored - start) + [True] * (n - 1 - first_scored) + [False])
         sid.extend([seq_id] * (n - start))
-        shr.extend([shared_with] * (n - start))
+        shr.extend([-1] * (n - start))
         cu.append(cu[-1] + n - start)
         prefixes.append(prefix)
 
@@ -164,12 +167,12 @@ def collate(groups: list[tuple[Sequence, ...]], members: list[int], share_prefix
         s = shared_prefix(*group) if share_prefix and len(group) == 2 else 0
         if s:
             start = cu[-1]
-            put(group[0], first, 0, (0, 0), -1)
+            put(group[0], first, 0, (0, 0))
             shr[start : start + s] = [first + 1] * s  # the shared positions count for the rejected side too
-            put(group[1], first + 1, s, (start, start + s), -1)
+            put(group[1], first + 1, s, (start, start + s))
         else:
             for k, seq in enumerate(group):
-                put(seq, first + k, 0, (0, 0), -1)
+                put(seq, first + k, 0, (0, 0))
         if len(group) == 2:
             pairs.append((first, first + 1))
     num_seqs = len(lengths)
@@ -184,7 +187,7 @@ def collate(groups: list[tuple[Sequence, ...]], members: list[int], share_prefix
         pairs=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
         groups=list(members),
         lengths=torch.tensor(lengths, dtype=torch.long),
-        prefixes=torch.tensor(prefixes, dtype=torch.int32).reshape(-1, 2) if shared else None,
+        prefixes=tuple(prefixes) if shared else None,
         shared_ids=torch.tensor([num_seqs if x < 0 else x for x in shr], dtype=torch.long)
         if shared
         else None,

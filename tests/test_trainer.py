@@ -138,11 +138,11 @@ def test_collate_with_shared_prefix_layout():
     assert mb.seq_ids.tolist() == [0, 0, 0, 0, 0, 1, 1]
     assert mb.shared_ids.tolist() == [1, 1, 2, 2, 2, 2, 2]  # 2 = no second sequence
     assert mb.cu_seqlens.tolist() == [0, 5, 7]
-    assert mb.prefixes.tolist() == [[0, 0], [0, 2]]
+    assert mb.prefixes == ((0, 0), (0, 2))
     assert mb.lengths.tolist() == [3, 2] and mb.seq_tokens == 9 and mb.num_tokens == 7
     # different prompt lengths: sharing stops before the shorter prompt's last token (masks must agree)
     c2, r2 = Sequence((5, 6, 7), (8,)), Sequence((5, 6), (7, 9))
-    assert collate([(c2, r2)], [0], share_prefix=True).prefixes.tolist() == [[0, 0], [0, 1]]
+    assert collate([(c2, r2)], [0], share_prefix=True).prefixes == ((0, 0), (0, 1))
     # nothing in common: the unshared layout
     plain = collate([(Sequence((1,), (2,)), Sequence((3,), (4,)))], [0], share_prefix=True)
     assert plain.prefixes is None and plain.shared_ids is None
