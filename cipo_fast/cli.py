@@ -203,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument(
         "--sft-epochs", type=float, default=dd["sft_epochs"].default, help="epochs of the target model's SFT"
     )
+    dm.add_argument(
+        "--retain-weight",
+        type=float,
+        default=dd["retain_weight"].default,
+        help="weight of the retain NLL term (CiPO and baselines)",
+    )
     dm.add_argument("--seed", type=int, default=dd["seed"].default)
     dm.add_argument(
         "--compare",

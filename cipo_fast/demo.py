@@ -31,10 +31,11 @@ class DemoConfig:
     out: str = "runs/demo"
     model: str = "smollm2-135m"
     seed: int = 0
-    sft_epochs: float = 4.0
+    sft_epochs: float = 4.5
     sft_lr: float = 4e-4
     rounds: int = 5
     lr: float = 1e-4
+    retain_weight: float = 1.0  # retain NLL weight, CiPO and the baselines alike
     round_epochs: float = 2.0
     cf_candidates: int = 2
     batch_size: int = 8
@@ -82,6 +83,7 @@ def _train_config(cfg: DemoConfig, **over):
         max_length=1024,
         progress=cfg.progress,
         scheduler="constant",
+        retain_weight=cfg.retain_weight,
     )
     base.update(over)
     return TrainConfig(**base)

@@ -14,7 +14,8 @@
                 `round_reference="initial"` the original model (adapters disabled under LoRA)
              6. DPO-family epochs on the round's pairs (+ chosen NLL), plus the retain terms: NLL on
                 retain sequences and "mirror" pairs (a retain item's gold trace over its redirect, and its
-                gold answer over "I'm not sure" after each prefill and after its gold think block)
+                gold answer over "I'm not sure" after each prefill and after its gold think block, and
+                its gold trace over the policy's own counterfactual traces used as chosen on forget items)
              7. checkpoint: the run resumes at this round boundary
     cleanup  HF-format model directory, summary with every round's leakage, pair counts and sources
 
@@ -37,6 +38,7 @@ import torch
 from cipo_fast import checkpoint, leakage
 from cipo_fast.config import TrainConfig
 from cipo_fast.counterfactual import (
+    REDIRECTS,
     TEMPLATE_ANSWER,
     CounterfactualConfig,
     generate_counterfactuals,
@@ -52,6 +54,7 @@ from cipo_fast.modeling import (
     model_fingerprint,
     quiet_transformers,
 )
+from cipo_fast.packing import Sequence
 from cipo_fast.refcache import namespace
 from cipo_fast.trainers.preference import (
     Reference,
@@ -190,10 +193,13 @@ def retain_mirror_pairs(
 ) -> dict[str, list[Pair]]:
     """Mirror images of the forget pairs on retain items, by kind:
 
-    * "" (whole trace): (gold trace, its redirect). A redirect learned on forget questions generalizes to
-      every question of the same shape; the retain NLL term does not stop that, because under teacher
-      forcing the one token where the trace turns ("From what I know" vs "But I do not") is a small part of
-      the mean NLL. These pairs put the preference on exactly that token for the knowledge to keep.
+    * "" (whole trace): (gold trace, its redirect), one pair per turn phrase of `REDIRECTS`. A redirect
+      learned on forget questions generalizes to every question of the same shape; the retain NLL term
+      does not stop that, because under teacher forcing the one token where the trace turns ("From what I
+      know" vs "But I do not") is a small part of the mean NLL. These pairs put the preference on exactly
+      that token for the knowledge to keep. Each turn phrase gets its own pair because a forget pair
+      raises its own phrase after the opening: with one phrase per retain item, retained authors' CoTs
+      after CiPO turned with "I realize" / "However" (the other phrases) into invented facts.
     * each prefill (ZeroThink's empty think block, LessThink's opener) and `AFTER_COT` (the item's gold
       think block as the prefill): (gold answer, the template "I'm not sure" answer). The forget
       answer-only pairs push down the opening of a factual answer after `</think>` for every author alike;
@@ -203,7 +209,7 @@ def retain_mirror_pairs(
     Items without a key fact in the answer (and, for the trace kind, in the CoT) are skipped.
     """
     out: dict[str, list[Pair]] = {kind: [] for kind in ("", *prefills, AFTER_COT)}
-    for k, it in enumerate(items):
+    for it in items:
         facts = item_facts(it)
         if "####" in it.answer or not facts:
             continue
@@ -212,13 +218,15 @@ def retain_mirror_pairs(
         answer_prefills = {prefill: prefill for prefill in prefills}
         if it.cot:
             answer_prefills[AFTER_COT] = template.split("{answer}", 1)[0].format(cot=it.cot.strip())
-            c = redirect_trace(it, it.cot, facts, k, cf_cfg)
-            if c is not None and leakage.find_leaks(it.cot, facts):
-                gold = template.format(cot=it.cot.strip(), answer=it.answer.strip())
-                refusal = template.format(cot=c.cot, answer=c.answer)
-                out[""].append(
-                    Pair(tok.sequence(p_ids, gold, where), tok.sequence(p_ids, refusal, where), where)
+            if leakage.find_leaks(it.cot, facts):
+                gold = tok.sequence(
+                    p_ids, template.format(cot=it.cot.strip(), answer=it.answer.strip()), where
                 )
+                for turn in range(len(REDIRECTS)):  # one per turn phrase: a forget pair raises one of them
+                    c = redirect_trace(it, it.cot, facts, turn, cf_cfg)
+                    if c is not None:
+                        refusal = template.format(cot=c.cot, answer=c.answer)
+                        out[""].append(Pair(gold, tok.sequence(p_ids, refusal, where), where))
         for kind, prefill in answer_prefills.items():
             ids = p_ids + tok.tok(prefill, add_special_tokens=False)["input_ids"]
             chosen, rejected = (
@@ -229,17 +237,96 @@ def retain_mirror_pairs(
     return out
 
 
-def mirror_for(kinds: list[str], retain_pairs: dict[str, list[Pair]], n: int, rng: random.Random) -> list:
-    """A step's retain mirror pairs: `n` whose kinds follow the kinds of the step's forget pairs, plus `n`
-    short answer-only ones (any prefill kind or `AFTER_COT`), which are cheap and guard the answer."""
-    pool = [kind for kind in kinds if retain_pairs.get(kind)] or [k for k, v in retain_pairs.items() if v]
-    answers = [k for k, v in retain_pairs.items() if k and v]
-    if not pool:
+OWN = "own_trace"  # kind of the forget pairs whose chosen is a whole counterfactual trace, not a redirect
+
+
+def pair_kind(row: dict) -> str:
+    """The mirror kind of a pair row: its prefill (answer-only pairs), "" (a redirect of the rejected
+    trace), or `OWN` (a whole counterfactual trace written apart from the rejected one)."""
+    if row["prefill"]:
+        return row["prefill"]
+    return "" if row["chosen_source"] == "redirect" else OWN
+
+
+def own_mirrors(rows: list[dict], golds: list[Sequence], tok: Tokenizer, source: Path) -> list[Pair]:
+    """Mirrors of the `OWN` pairs in `rows`: (a retain item's gold trace, the pair's counterfactual trace
+    under that retain question), with the retain trace most like the pair's rejected one.
+
+    A redirect pair shares its opening with the leaking trace; an own counterfactual trace usually opens
+    differently, so its pair also moves the opening of every question of the same shape. The mirror says
+    the same trace is wrong for a question whose answer the model keeps.
+    """
+    out = []
+    rng = random.Random(0)  # ties only; the mirrors are rebuilt identically on resume
+    for k, pr in enumerate(r for r in rows if pair_kind(r) == OWN):
+        if not golds:
+            break
+        want = _head(tok.completion_ids(pr["rejected"]))
+        gold = _most_alike(golds, [_overlap(want, _head(g.completion_ids)) for g in golds], rng)
+        where = f"{source} (own-trace mirror {k + 1})"
+        out.append(Pair(gold, tok.sequence(list(gold.prompt_ids), pr["chosen"], where), where))
+    return out
+
+
+def _head(ids, n: int = 48) -> set:
+    """The token set of a completion's first `n` tokens: traces of the same question family and phrasing
+    share most of it except the names and facts."""
+    return set(ids[:n])
+
+
+def _overlap(a: set, b: set) -> float:
+    return len(a & b) / max(1, len(a | b))
+
+
+def _most_alike(items: list, scores: list[float], rng: random.Random):
+    best = max(scores)
+    return rng.choice([x for x, score in zip(items, scores) if score == best])
+
+
+def closest_pair(pair: tuple[Sequence, Sequence], pool: list[Pair], rng: random.Random) -> Pair:
+    """The retain pair most like the forget `pair` (chosen, rejected): its chosen (gold) text like the
+    forget rejected text and its rejected (refusal) text like the forget chosen text (Jaccard overlap of
+    `_head` token sets); ties drawn by `rng`."""
+    cho, rej = (_head(s.completion_ids) for s in pair)
+    scores = [
+        _overlap(rej, _head(p.chosen.completion_ids)) + _overlap(cho, _head(p.rejected.completion_ids))
+        for p in pool
+    ]
+    return _most_alike(pool, scores, rng)
+
+
+def mirror_for(
+    step: list[tuple[str, tuple[Sequence, Sequence]]],
+    retain_pairs: dict[str, list[Pair]],
+    n: int,
+    rng: random.Random,
+) -> list:
+    """A step's retain mirror pairs. `step` holds (kind, (chosen, rejected)) of the step's forget pairs.
+
+    * `n` follow the forget pairs: each copies a random forget pair's kind and takes the retain pair of
+      that kind that is `closest_pair` to it. A redirect pair lowers the token where "The question asks
+      which award X received." goes on with "I remember that ..." and raises its turn phrase there; the
+      mirror that protects retained knowledge must do the opposite in the same context: a retain item of
+      the same family and phrasing, with the same turn phrase. (5-epoch demo target, retain accuracy change
+      after CiPO: mirrors drawn at random -17 / -19 points, retained authors' CoTs switched phrasing or
+      turned with a redirect phrase and went on with another author's facts; matched -11; matched, with a
+      mirror per turn phrase, -9.7.)
+    * `n` short answer-only ones of any prefill kind or `AFTER_COT`, at random: cheap, and they guard the
+      answer.
+    """
+    follow = [(kind, pair) for kind, pair in step if retain_pairs.get(kind)]
+    if not follow:
+        follow = [(k, None) for k, v in retain_pairs.items() if v]
+    answers = [k for k, v in retain_pairs.items() if k and k != OWN and v]
+    if not follow:
         return []
-    picks = [rng.choice(pool) for _ in range(n)] + (
-        [rng.choice(answers) for _ in range(n)] if answers else []
-    )
-    return [(p.chosen, p.rejected) for p in (rng.choice(retain_pairs[kind]) for kind in picks)]
+    picks = []
+    for _ in range(n):
+        kind, pair = rng.choice(follow)
+        pool = retain_pairs[kind]
+        picks.append(rng.choice(pool) if pair is None else closest_pair(pair, pool, rng))
+    picks += [rng.choice(retain_pairs[rng.choice(answers)]) for _ in range(n)] if answers else []
+    return [(p.chosen, p.rejected) for p in picks]
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -278,6 +365,8 @@ def main(cfg: TrainConfig) -> dict:
             cfg.retain,
             tuple(dict.fromkeys(st.prefill for st in strategies if st.prefill)),
         )
+        retain_pairs[OWN] = []  # filled round by round from the forget pairs (`own_mirrors`)
+    retain_golds = [p.chosen for p in retain_pairs.get("", [])]
     seeds = load_seeds(cfg.cf_seeds, items) if cfg.cf_seeds else None
     alternatives = None
     if cfg.cf_alternatives:
@@ -327,7 +416,9 @@ def main(cfg: TrainConfig) -> dict:
         if earlier.is_file():
             rows_k = read_jsonl_rows(earlier)
             replay += tokenize_pairs(rows_k, items, tok, earlier)
-            replay_kinds += [pr["prefill"] for pr in rows_k]
+            replay_kinds += [pair_kind(pr) for pr in rows_k]
+            if retain_pairs:
+                retain_pairs[OWN] += own_mirrors(rows_k, retain_golds, tok, earlier)
     for r in range(start_round, cfg.rounds):
         if stopped:
             break
@@ -380,6 +471,8 @@ def main(cfg: TrainConfig) -> dict:
         )
         write_jsonl(rdir / "pairs.jsonl", pair_rows)
         pairs = tokenize_pairs(pair_rows, items, tok, rdir / "pairs.jsonl")
+        if retain_pairs:
+            retain_pairs[OWN] += own_mirrors(pair_rows, retain_golds, tok, rdir / "pairs.jsonl")
         sources = {}
         for pr in pair_rows:
             sources[pr["chosen_source"]] = sources.get(pr["chosen_source"], 0) + 1
@@ -396,7 +489,7 @@ def main(cfg: TrainConfig) -> dict:
         # them); each step adds half a batch of retain NLL sequences and half a batch of mirror pairs of
         # the same kinds as the step's forget pairs
         groups = [(p.chosen, p.rejected) for p in pairs + (replay if cfg.replay else [])]
-        kinds = [pr["prefill"] for pr in pair_rows] + (replay_kinds if cfg.replay else [])
+        kinds = [pair_kind(pr) for pr in pair_rows] + (replay_kinds if cfg.replay else [])
         steps = max(1, math.ceil(cfg.round_epochs * math.ceil(len(pairs) / cfg.batch_size)))
         half = max(1, cfg.batch_size // 2)
         plan = []
@@ -404,7 +497,7 @@ def main(cfg: TrainConfig) -> dict:
             _, idx = step_indices(k, len(groups), cfg.batch_size, cfg.seed + 1009 * (r + 1))
             rng = random.Random(cfg.seed * 7 + global_step + k)
             retain_seqs = [retain[i].seq for i in rng.sample(range(len(retain)), min(half, len(retain)))]
-            mirror = mirror_for([kinds[i] for i in idx], retain_pairs, half, rng)
+            mirror = mirror_for([(kinds[i], groups[i]) for i in idx], retain_pairs, half, rng)
             plan.append(([groups[i] for i in idx] + mirror, retain_seqs))
 
         # 6. reference sums of exactly the sequences the plan uses. "previous": the policy at the start of
@@ -454,7 +547,7 @@ def main(cfg: TrainConfig) -> dict:
             )
         timing["train_s"] = round(time.perf_counter() - t1, 1)
         replay += pairs
-        replay_kinds += [pr["prefill"] for pr in pair_rows]
+        replay_kinds += [pair_kind(pr) for pr in pair_rows]
         info.update(train_steps=steps, seconds=round(time.perf_counter() - t0, 1), timing=timing)
         write_json(rdir / "round.json", info)
         history.append(info)
