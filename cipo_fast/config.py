@@ -125,6 +125,7 @@ class TrainConfig:
                 self.loss_on == "all" or self.method in ("ga", "graddiff", "npo", "sft"),
                 f"--loss-on {self.loss_on} applies to single-sequence methods (ga, graddiff, npo, sft)",
             ),
+            (self.retain_weight >= 0, f"--retain-weight: expected >= 0, got {self.retain_weight}"),
             (self.lora_r >= 0, f"--lora-r: expected >= 0, got {self.lora_r}"),
             (self.checkpoint_every >= 0, f"--checkpoint-every: expected >= 0, got {self.checkpoint_every}"),
             (

@@ -45,6 +45,15 @@ class DemoConfig:
     compare: bool = False
     progress: bool = True
 
+    def __post_init__(self):  # fail before the minutes of SFT that come before the first TrainConfig
+        for name, ok in (
+            ("sft_epochs", self.sft_epochs > 0),
+            ("rounds", self.rounds >= 1),
+            ("retain_weight", self.retain_weight >= 0),
+        ):
+            if not ok:
+                raise ValueError(f"--{name.replace('_', '-')}: got {getattr(self, name)}, out of range")
+
 
 def _eval(cfg: DemoConfig, model: str, out: Path, data: dict, label: str) -> dict:
     from cipo_fast.evaluation import EvalConfig

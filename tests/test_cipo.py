@@ -378,3 +378,18 @@ def test_own_trace_mirrors(tiny_model_dir):
     step = mirror_for([(OWN, (golds[0], golds[1]))], pairs, 5, rng)
     assert all(c in golds for c, _ in step[:5])  # the step's kinds: own-trace mirrors
     assert step[5:] == [answer_only] * 5  # answer-only draws never take an own-trace mirror
+
+
+def test_out_of_range_weights_and_demo_settings_are_refused():
+    """A negative retain weight would turn the retain term into unlearning of the retain set; the demo
+    refuses it (and other out-of-range settings) before its SFT stage, the CLI with exit code 2."""
+    from cipo_fast.cli import main as cli
+    from cipo_fast.config import TrainConfig
+    from cipo_fast.demo import DemoConfig
+
+    with pytest.raises(ValueError, match="--retain-weight: expected >= 0, got -1"):
+        TrainConfig(method="dpo", data="d.jsonl", model="m", out="o", retain_weight=-1.0)
+    for field, value in (("retain_weight", -1.0), ("sft_epochs", 0.0), ("rounds", 0)):
+        with pytest.raises(ValueError, match=f"--{field.replace('_', '-')}: got {value}"):
+            DemoConfig(**{field: value})
+    assert cli(["demo", "--retain-weight", "-0.5", "--out", "never-written"]) == 2
