@@ -486,8 +486,8 @@ def main(cfg: TrainConfig) -> dict:
 
         # 5. the round's training plan: its budget follows its new pairs; with replay, batches draw from
         # every round's pairs, so traces that leaked earlier stay rejected (else the policy drifts back to
-        # them); each step adds half a batch of retain NLL sequences and half a batch of mirror pairs of
-        # the same kinds as the step's forget pairs
+        # them); each step adds half a batch of retain NLL sequences, half a batch of mirror pairs matched
+        # to the step's forget pairs and half a batch of answer-only mirrors (`mirror_for`)
         groups = [(p.chosen, p.rejected) for p in pairs + (replay if cfg.replay else [])]
         kinds = [pair_kind(pr) for pr in pair_rows] + (replay_kinds if cfg.replay else [])
         steps = max(1, math.ceil(cfg.round_epochs * math.ceil(len(pairs) / cfg.batch_size)))
