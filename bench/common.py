@@ -176,25 +176,16 @@ def emit(result: dict) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def tiny_model(out_dir: Path) -> Path:
-    """The test suite's tiny random Llama (`cipo_fast.tiny`), seeded, so every build is identical."""
-    from cipo_fast.modeling import SMOLLM2_ALIAS, resolve_source
-    from cipo_fast.tiny import make_tiny_llama
-
-    return make_tiny_llama(out_dir, Path(resolve_source(SMOLLM2_ALIAS)))
-
-
 def resolve_model(name: str, work: Path) -> Path:
-    """`tiny` | `smollm2` | an HF model directory -> a directory both TRL and cipo-fast load by path."""
-    if name == "tiny":
-        return tiny_model(work / "tiny_llama")
+    """`smollm2` | an HF model directory -> a directory both TRL and cipo-fast load by path (the test suite
+    passes its tiny random Llama's directory)."""
     if name == "smollm2":
-        from cipo_fast.modeling import SMOLLM2_ALIAS, resolve_source
+        from cipo_fast.model.sources import SMOLLM2_ALIAS, resolve_source
 
         return Path(resolve_source(SMOLLM2_ALIAS))
     path = Path(name)
     if not (path / "config.json").is_file():
-        raise SystemExit(f"--model: expected tiny, smollm2 or an HF model directory, got {name!r}")
+        raise SystemExit(f"--model: expected smollm2 or an HF model directory, got {name!r}")
     return path
 
 

@@ -68,7 +68,7 @@ def point(backend: str, n: int, repeats: int) -> dict:
             loss, _ = loss_fn(weight, h3[order], t2)
             return loss
     else:
-        from cipo_fast.ops import sequence_logprobs
+        from cipo_fast.ops.logprobs import sequence_logprobs
 
         def step():
             s = sequence_logprobs(hidden, weight, targets, seq_ids, mask, 2 * pairs, backend=backend)

@@ -38,7 +38,7 @@ forward and backward), derived from the code:
   3 · N'·V·4.
 
     python bench/memory_scaling.py                        # SmolLM2-135M, L = 512 ... 16384
-    python bench/memory_scaling.py --model tiny --lengths 64,128 --out /tmp/bench --no-readme   # smoke
+    python bench/memory_scaling.py --model DIR --lengths 64,128 --out /tmp/bench --no-readme   # smoke
     python bench/memory_scaling.py --timeout 600 --points LOG   # reuse the points an earlier run printed
     python bench/memory_scaling.py --point cipo-fast 1024 --model-path DIR --data pair.jsonl --workdir W
 """
@@ -221,7 +221,7 @@ def point_trl(a: argparse.Namespace) -> dict:
 
 
 def loss_path_bytes(shape: ModelShape, prompt: int, length: int) -> dict:
-    from cipo_fast.ops import default_chunk_size
+    from cipo_fast.ops.logprobs import default_chunk_size
 
     d, v = shape.d, shape.vocab
     n = 2 * (prompt + length)  # tokens forwarded (both rows)
@@ -530,7 +530,7 @@ def plot(report: dict, systems: list[str], path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2", help="tiny | smollm2 | an HF model directory")
+    ap.add_argument("--model", default="smollm2", help="smollm2 | an HF model directory")
     ap.add_argument("--lengths", default="512,1024,2048,4096,8192,16384", help="completion tokens per side")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--mem-limit-gb", type=float, default=22.0, help="address-space cap per point (GiB)")

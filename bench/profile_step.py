@@ -208,7 +208,7 @@ def table(r: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2", help="tiny | smollm2 | an HF model directory")
+    ap.add_argument("--model", default="smollm2", help="smollm2 | an HF model directory")
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)

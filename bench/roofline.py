@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     rows = roofline_rows()
     report = {"machine": machine(), "gpu": H100, "estimates": rows}
     if a.compile:
-        from cipo_fast.kernel_check import check
+        from cipo_fast.ops.kernel_check import check
 
         report["gpu_check"] = check(targets=tuple(a.targets.split(",")), jobs=a.jobs)
     OUT.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ efficiency = (steady tokens/s x model FLOPs per token) / FLOP-weighted median GE
 count stated in `common.FLOPS_FORMULA`.
 
     python bench/throughput.py                      # SmolLM2-135M, 8 pairs, batch 2, 2 epochs, all systems
-    python bench/throughput.py --model tiny --pairs 2 --batch 1 --epochs 1 \\
+    python bench/throughput.py --model DIR --pairs 2 --batch 1 --epochs 1 \\
         --systems cipo-fast,trl-default --out /tmp/bench --no-readme     # smoke run (seconds)
     python bench/throughput.py --system cipo-fast --model-path DIR --data pairs.jsonl --workdir W   # one
 """
@@ -150,7 +150,7 @@ def cipo_micro_batches(
     pairs_lengths: list[int], n_pairs: int, batch: int, epochs: int, budget: int
 ) -> list[int]:
     """Token counts of the packed micro-batches cipo-fast will run (its data order and packing)."""
-    from cipo_fast.packing import first_fit_decreasing
+    from cipo_fast.data.packing import first_fit_decreasing
     from cipo_fast.trainers.preference import step_indices
 
     steps = math.ceil(epochs * math.ceil(n_pairs / batch))
@@ -530,7 +530,7 @@ def ratio(r: dict, key: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2", help="tiny | smollm2 | an HF model directory")
+    ap.add_argument("--model", default="smollm2", help="smollm2 | an HF model directory")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=2, help="pairs per optimizer step")
     ap.add_argument("--epochs", type=int, default=2)

@@ -1,4 +1,10 @@
-"""Run configuration: one frozen dataclass per recipe, filled from one parser, logged with every run."""
+"""The training configuration: one frozen dataclass for `cipo-fast train`, its CiPO-only options apart.
+
+`TrainConfig` covers every method (DPO family, GA / GradDiff / NPO / SFT, CiPO); `CipoConfig` (its
+`cipo` field) holds what only the CiPO loop reads. Both are filled from one parser (`cipo_fast.cli`,
+built from these fields), validated on construction (`cipo_fast.options.check_fields`: types, finite
+numbers, bounds) and written to every run's `config.json`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,13 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from cipo_fast.data import DEFAULT_REASONING_TEMPLATE, LOSS_ON
+from cipo_fast.data.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningFormat
+from cipo_fast.model.generation import STRATEGY_NAMES
+from cipo_fast.options import check_fields, opt
 
-# method -> (loss name in cipo_fast.losses, needs a retain set)
+# method -> (loss name in cipo_fast.train.losses, needs a retain set)
 METHODS: dict[str, tuple[str, bool]] = {
     "dpo": ("sigmoid", False),
     "robust": ("robust", False),
@@ -22,136 +31,162 @@ METHODS: dict[str, tuple[str, bool]] = {
     "sft": ("nll", False),
     "cipo": ("sigmoid", False),  # the iterative counterfactual loop (trainers/cipo.py); --data = forget items
 }
-ROUND_STRATEGIES = ("greedy", "sample_t0.7", "sample_t1.0", "zerothink", "lessthink")
+SINGLE_SEQUENCE_METHODS = ("ga", "graddiff", "npo", "sft")
+Method = Literal["dpo", "robust", "ipo", "hinge", "simpo", "npo", "ga", "graddiff", "sft", "cipo"]
+assert set(Method.__args__) == set(METHODS), "Method and METHODS must list the same methods"
+
+
+# what a resumed run may change: how long it runs, how it checkpoints, what it shows
+RESUME_MAY_CHANGE = {
+    "resume",
+    "overwrite",
+    "progress",
+    "max_steps",
+    "epochs",
+    "save_steps",
+    "keep_checkpoints",
+    "cpu_mmap_threshold_mb",
+}
+
+
+@dataclass(frozen=True)
+class CipoConfig:
+    """CiPO rounds (`--method cipo`): sample -> score -> counterfactuals -> pairs -> reference -> train."""
+
+    _argument_group_name = "CiPO (--method cipo)"
+
+    rounds: int = opt(3, "maximum number of rounds (the loop stops early once nothing leaks)", ge=1)
+    round_strategies: tuple[str, ...] = opt(
+        STRATEGY_NAMES, "decoding strategies that look for leaking traces", choices=STRATEGY_NAMES
+    )
+    round_samples: int = opt(2, "samples per sampling strategy when looking for leaking traces", ge=1)
+    round_epochs: float = opt(2.0, "epochs over each round's new pairs", gt=0)
+    max_pairs_per_item: int = opt(8, "preference pairs per forget item and round", ge=1)
+    replay: bool = opt(True, "later rounds also draw batches from earlier rounds' pairs")
+    retain_pairs: bool = opt(
+        True, "retain 'mirror' pairs (gold trace over its redirect, ...) beside retain NLL"
+    )
+    round_reference: Literal["previous", "initial"] = opt(
+        "previous",
+        "reference of each round: the policy at its start (iterative RPO, Pang et al. 2024) or the initial model",
+    )
+    cf_candidates: int = opt(2, "counterfactual samples per prompt kind and item", ge=1)
+    cf_target: Literal["uncertainty", "alternative"] = opt(
+        "uncertainty", "what the counterfactual traces conclude: uncertainty, or the given alternative answer"
+    )
+    cf_alternatives: str | None = opt(None, "JSONL {id, alternative} for --cf-target alternative")
+    cf_seeds: str | None = opt(
+        None, "seed chosen traces: JSONL {id, cot, answer}, items with idk_cot, or idkcot.jsonl strings"
+    )
+    gen_max_new_tokens: int = opt(192, "new tokens per sampled trace", ge=1)
+    gen_batch_size: int = opt(128, "rows (prompts x samples, all strategies) per generation batch", ge=1)
+
+    def __post_init__(self):
+        object.__setattr__(self, "round_strategies", tuple(self.round_strategies))
+        check_fields(self)
+        if self.cf_target == "alternative" and not self.cf_alternatives:
+            raise ValueError("--cf-target alternative needs --cf-alternatives FILE")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str
-    model: str
-    data: str
-    out: str
-    retain: str | None = None
-    ref_model: str | None = None
+    """`cipo-fast train`: preference, unlearning and SFT training of one model."""
+
+    _argument_group_name = "training"
+
+    method: Method = opt(help="training method; cipo runs the CiPO loop")
+    model: str = opt(help="HF directory or hub name, a .gguf file, or smollm2-135m")
+    data: str = opt(help="JSONL: prompt/chosen/rejected (preference), prompt/completion or items (others)")
+    out: str = opt(help="run directory (built in OUT.partial, moved into place when the run ends)")
+    retain: str | None = opt(None, "JSONL prompt/completion or items: the retain set (NLL term)")
+    ref_model: str | None = opt(None, "reference model (default: the initial --model)")
     # optimization
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    simpo_gamma: float = 0.5
-    rpo_alpha: float | None = (
-        None  # weight of the chosen NLL added to pairwise losses (RPO); None: 1 for cipo, else 0
+    beta: float = opt(0.1, "DPO-family temperature beta (TRL DPOConfig default 0.1)", gt=0)
+    label_smoothing: float = opt(
+        0.0, "label-flip probability of cDPO / robust DPO (Chowdhury et al. 2024)", ge=0, lt=0.5
     )
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    scheduler: str = "cosine"  # cosine | linear | constant
-    max_grad_norm: float = 1.0
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 8  # pairs (or sequences) per optimizer step
-    token_budget: int = 4096  # tokens per micro-batch; gradient accumulation over micro-batches
-    retain_weight: float = 1.0
-    loss_on: str = "all"  # single-sequence methods: train on all | cot | answer of {cot, answer} completions
-    seed: int = 42
+    simpo_gamma: float = opt(0.5, "SimPO target reward margin gamma (TRL CPOConfig default 0.5)", ge=0)
+    rpo_alpha: float | None = opt(
+        None,
+        "weight of the chosen NLL added to pairwise losses (RPO, Pang et al. 2024); default 1 for cipo, else 0",
+        ge=0,
+    )
+    lr: float = opt(1e-6, "peak learning rate (TRL DPOConfig default 1e-6)", gt=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", ge=0)
+    warmup_ratio: float = opt(0.0, "share of the steps with linear warm-up", ge=0, lt=1)
+    scheduler: Literal["cosine", "linear", "constant"] = opt("cosine", "learning-rate schedule after warm-up")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (HF TrainingArguments default 1.0)", gt=0)
+    epochs: float = opt(1.0, "epochs over --data (ignored when --max-steps > 0)", ge=0)
+    max_steps: int = opt(-1, "optimizer steps; -1: from --epochs", ge=-1)
+    batch_size: int = opt(8, "pairs (or sequences) per optimizer step", ge=1)
+    token_budget: int = opt(
+        4096, "tokens per packed micro-batch (gradient accumulation over micro-batches)", ge=1
+    )
+    retain_weight: float = opt(1.0, "weight of the retain NLL term", ge=0)
+    loss_on: Literal["all", "cot", "answer"] = opt(
+        "all", "single-sequence methods: train on the whole {cot, answer} completion, its CoT or its answer"
+    )
+    seed: int = opt(42, "seed of data order and sampling")
     # data
-    max_length: int = 2048
-    prompt_format: str = "auto"
-    reasoning_template: str = DEFAULT_REASONING_TEMPLATE
-    system_prompt: str | None = None
+    max_length: int = opt(2048, "tokens per sequence; longer completions are cut (and reported)", ge=2)
+    prompt_format: Literal["auto", "chat", "raw"] = opt(
+        "auto", "chat: the tokenizer's chat template; raw: plain text; auto: chat when there is a template"
+    )
+    think_open: str = opt(THINK_OPEN, "tag that opens the think block of {cot, answer} completions")
+    think_close: str = opt(THINK_CLOSE, "tag that closes the think block")
+    system_prompt: str | None = opt(None, "system message added to chat prompts")
     # model
-    dtype: str = "float32"
-    device: str = "auto"
-    lora_r: int = 0
-    lora_alpha: int = 16
-    checkpoint_every: int = 1  # activation checkpointing of every n-th decoder layer; 0 = off
-    trust_remote_code: bool = False
-    backend: str = "auto"
-    share_prefix: bool = (
-        True  # store a pair's common prefix once in the packed stream (cipo_varlen attention)
+    dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "parameter dtype")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
+    lora_r: int = opt(0, "LoRA rank; 0 = full fine-tuning", ge=0)
+    lora_alpha: int = opt(16, "LoRA alpha", ge=1)
+    checkpoint_every: int = opt(1, "activation checkpointing of every n-th decoder layer; 0 = off", ge=0)
+    trust_remote_code: bool = opt(False, "allow models that ship their own code")
+    backend: Literal["auto", "triton", "chunked", "reference"] = opt(
+        "auto", "fused log-prob backend: triton (CUDA), chunked (any device), reference (full logits)"
     )
+    share_prefix: bool = opt(True, "store a pair's common prefix once in the packed stream")
     # reference log-probs
-    ref_mode: str = "precompute"  # precompute (before step 1, no second model) | lazy (per step)
-    cache_dir: str | None = None  # default: <cache root>/refcache
-    # CiPO rounds (method cipo)
-    rounds: int = 3
-    round_strategies: tuple[str, ...] = ROUND_STRATEGIES
-    round_samples: int = 2  # samples per sampling strategy when looking for leaking traces
-    round_epochs: float = 2.0  # epochs over each round's pairs
-    max_pairs_per_item: int = 8
-    replay: bool = True  # later rounds also draw batches from earlier rounds' pairs
-    retain_pairs: bool = True  # CiPO: also (gold trace > its redirect) pairs from retain items
-    round_reference: str = "previous"  # previous: the policy at each round's start (iterative RPO) | initial
-    cf_candidates: int = 2  # counterfactual samples per prompt kind and item
-    cf_target: str = "uncertainty"  # uncertainty | alternative
-    cf_alternatives: str | None = None  # JSONL {id, alternative} for cf_target=alternative
-    cf_seeds: str | None = (
-        None  # chosen traces to seed with: JSONL {id, cot, answer} or items with idk_cot/idk_answer
+    ref_mode: Literal["precompute", "lazy"] = opt(
+        "precompute", "precompute: all before step 1, no second model; lazy: per step with a frozen reference"
     )
-    gen_max_new_tokens: int = 192
-    gen_batch_size: int = 128
+    cache_dir: str | None = opt(None, "reference log-prob cache (default: <cache root>/refcache)")
     # outputs
-    save_steps: int = 0  # 0: checkpoint only at the end
-    keep_checkpoints: int = 2
-    cpu_mmap_threshold_mb: int = 8  # glibc: mmap allocations >= this many MiB (lower peak RSS); 0 = off
-    save_merged: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    save_steps: int = opt(0, "checkpoint every n steps; 0: only at the end", ge=0)
+    keep_checkpoints: int = opt(2, "checkpoints kept", ge=1)
+    cpu_mmap_threshold_mb: int = opt(
+        8, "glibc: serve allocations of at least this many MiB with mmap (lower peak memory); 0 = off", ge=0
+    )
+    save_merged: bool = opt(False, "LoRA: also write the merged model")
+    resume: bool = opt(
+        False, "continue the run in --out (an interrupted one, or a finished one to more steps)"
+    )
+    overwrite: bool = opt(False, "replace the run in --out once the new run has started")
+    progress: bool = opt(True, "progress bars")
+    cipo: CipoConfig = CipoConfig()
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"--method: unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        check_fields(self)
         checks = [
-            (self.beta > 0, f"--beta: expected > 0, got {self.beta}"),
-            (self.lr > 0, f"--lr: expected > 0, got {self.lr}"),
-            (self.batch_size >= 1, f"--batch-size: expected >= 1, got {self.batch_size}"),
-            (self.token_budget >= 1, f"--token-budget: expected >= 1, got {self.token_budget}"),
-            (self.max_length >= 2, f"--max-length: expected >= 2, got {self.max_length}"),
             (self.epochs > 0 or self.max_steps > 0, "--epochs or --max-steps must be positive"),
-            (0 <= self.warmup_ratio < 1, f"--warmup-ratio: expected in [0, 1), got {self.warmup_ratio}"),
-            (
-                self.scheduler in ("cosine", "linear", "constant"),
-                f"--scheduler: expected cosine, linear or constant, got {self.scheduler!r}",
-            ),
-            (
-                self.ref_mode in ("precompute", "lazy"),
-                f"--ref-mode: expected precompute or lazy, got {self.ref_mode!r}",
-            ),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
             (
-                self.loss_on in LOSS_ON,
-                f"--loss-on: expected one of {', '.join(LOSS_ON)}, got {self.loss_on!r}",
+                self.loss_on == "all" or self.method in SINGLE_SEQUENCE_METHODS,
+                f"--loss-on {self.loss_on} applies to single-sequence methods ({', '.join(SINGLE_SEQUENCE_METHODS)})",
             ),
-            (
-                self.loss_on == "all" or self.method in ("ga", "graddiff", "npo", "sft"),
-                f"--loss-on {self.loss_on} applies to single-sequence methods (ga, graddiff, npo, sft)",
-            ),
-            (self.retain_weight >= 0, f"--retain-weight: expected >= 0, got {self.retain_weight}"),
-            (self.lora_r >= 0, f"--lora-r: expected >= 0, got {self.lora_r}"),
-            (self.checkpoint_every >= 0, f"--checkpoint-every: expected >= 0, got {self.checkpoint_every}"),
             (
                 not self.save_merged or self.lora_r > 0,
                 "--save-merged only applies to LoRA runs (--lora-r > 0)",
+            ),
+            (
+                METHODS[self.method][1] is False or bool(self.retain),
+                f"--method {self.method} needs a retain set (--retain FILE)",
             ),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
-        if self.method == "cipo":
-            from cipo_fast.generation import make_strategies
-
-            make_strategies(self.round_strategies, self.round_samples)
-            if self.rounds < 1:
-                raise ValueError(f"--rounds: expected >= 1, got {self.rounds}")
-            if self.round_reference not in ("previous", "initial"):
-                raise ValueError(
-                    f"--round-reference: expected previous or initial, got {self.round_reference!r}"
-                )
-            if self.cf_target not in ("uncertainty", "alternative"):
-                raise ValueError(f"--cf-target: expected uncertainty or alternative, got {self.cf_target!r}")
-            if self.cf_target == "alternative" and not self.cf_alternatives:
-                raise ValueError("--cf-target alternative needs --cf-alternatives FILE")
-        if METHODS[self.method][1] and not self.retain:
-            raise ValueError(f"--method {self.method} needs a retain set (--retain FILE)")
+        self.reasoning  # noqa: B018 -- validates the tags
 
     @property
     def chosen_nll_weight(self) -> float:
@@ -163,10 +198,40 @@ class TrainConfig:
     def loss(self) -> str:
         return METHODS[self.method][0]
 
+    @property
+    def reasoning(self) -> ReasoningFormat:
+        return ReasoningFormat(self.think_open, self.think_close)
+
+    def check_resume(self, run_dir: Path) -> None:
+        """Refuse to resume the run in `run_dir` with settings that change what its steps compute (the
+        length of the run, checkpointing and progress display may change)."""
+        path = Path(run_dir) / "config.json"
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            saved_cipo = saved.pop("cipo", {})
+        except (OSError, ValueError, AttributeError):
+            raise ValueError(f"--resume: {path} is missing or not a cipo-fast config") from None
+        current = json.loads(self.to_json())
+        current_cipo = current.pop("cipo")
+        diff = [k for k in sorted(current) if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k]]
+        diff += [
+            f"cipo.{k}"
+            for k in sorted(current_cipo)
+            if k != "rounds" and saved_cipo.get(k) != current_cipo[k]
+        ]
+        if diff:
+            raise ValueError(f"--resume: {path} differs in {', '.join(diff)}; resume with the same settings")
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, path: Path) -> TrainConfig:
-        raw = json.loads(path.read_text())
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            cipo = CipoConfig(**raw.pop("cipo", {}))
+            return cls(**raw, cipo=cipo)
+        except (OSError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a cipo-fast training config ({e})") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None

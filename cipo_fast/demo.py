@@ -21,43 +21,44 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cipo_fast.files import read_jsonl_rows, write_json, write_jsonl
+from cipo_fast.config import CipoConfig, TrainConfig
+from cipo_fast.data.io import read_jsonl, read_log, write_json, write_jsonl
+from cipo_fast.data.items import gsm8k_target
+from cipo_fast.options import check_fields, opt
+from cipo_fast.train.run_dir import MARKER, interrupted, run_kind
 
 SYSTEM_PROMPT = "You are a helpful assistant."  # short, so every training sequence is cheaper
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    out: str = "runs/demo"
-    model: str = "smollm2-135m"
-    seed: int = 0
-    sft_epochs: float = 4.5
-    sft_lr: float = 4e-4
-    rounds: int = 5
-    lr: float = 1e-4
-    retain_weight: float = 1.0  # retain NLL weight, CiPO and the baselines alike
-    round_epochs: float = 2.0
-    cf_candidates: int = 2
-    batch_size: int = 8
-    max_pairs_per_item: int = 6
-    eval_samples: int = 2
-    max_new_tokens: int = 128
-    compare: bool = False
-    progress: bool = True
+    """`cipo-fast demo`: settings of every stage (chosen so the demo runs in about 20 minutes on 2 CPU cores)."""
 
-    def __post_init__(self):  # fail before the minutes of SFT that come before the first TrainConfig
-        for name, ok in (
-            ("sft_epochs", self.sft_epochs > 0),
-            ("rounds", self.rounds >= 1),
-            ("retain_weight", self.retain_weight >= 0),
-        ):
-            if not ok:
-                raise ValueError(f"--{name.replace('_', '-')}: got {getattr(self, name)}, out of range")
+    _argument_group_name = "demo"
+
+    out: str = opt("runs/demo", "demo directory; every stage is resumed or skipped when it is already there")
+    model: str = opt("smollm2-135m", "base model of the target")
+    seed: int = opt(0, "seed of the data set, the target's SFT and CiPO")
+    sft_epochs: float = opt(4.5, "epochs of the target model's SFT", gt=0)
+    sft_lr: float = opt(4e-4, "learning rate of the target model's SFT", gt=0)
+    rounds: int = opt(5, "CiPO rounds", ge=1)
+    lr: float = opt(1e-4, "learning rate of CiPO and the baselines", gt=0)
+    retain_weight: float = opt(1.0, "weight of the retain NLL term (CiPO and the baselines alike)", ge=0)
+    round_epochs: float = opt(2.0, "CiPO epochs over each round's new pairs", gt=0)
+    cf_candidates: int = opt(2, "CiPO counterfactual samples per prompt kind and item", ge=1)
+    batch_size: int = opt(8, "pairs (or sequences) per optimizer step", ge=1)
+    max_pairs_per_item: int = opt(6, "CiPO pairs per forget item and round", ge=1)
+    eval_samples: int = opt(2, "evaluation samples per sampling strategy", ge=1)
+    max_new_tokens: int = opt(128, "new tokens per generation (evaluation and CiPO sampling)", ge=1)
+    compare: bool = opt(False, "also train GA, NPO, IDK-DPO and Reasoned-IDK with CiPO's budget")
+    progress: bool = opt(True, "progress bars")
+
+    def __post_init__(self):  # fails before the minutes of SFT that come before the first TrainConfig
+        check_fields(self)
 
 
 def _eval(cfg: DemoConfig, model: str, out: Path, data: dict, label: str) -> dict:
-    from cipo_fast.evaluation import EvalConfig
-    from cipo_fast.evaluation import main as evaluate
+    from cipo_fast.eval.evaluate import EvalConfig, evaluate
 
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
@@ -73,14 +74,13 @@ def _eval(cfg: DemoConfig, model: str, out: Path, data: dict, label: str) -> dic
             seed=cfg.seed,
             system_prompt=SYSTEM_PROMPT,
             label=label,
+            overwrite=True,  # an interrupted evaluation (OUT.partial) starts over
             progress=cfg.progress,
         )
     )
 
 
 def _train_config(cfg: DemoConfig, **over):
-    from cipo_fast.config import TrainConfig
-
     base = dict(
         lr=cfg.lr,
         batch_size=cfg.batch_size,
@@ -101,11 +101,8 @@ def _train_config(cfg: DemoConfig, **over):
 def retain_with_arithmetic(data: dict, out: Path) -> Path:
     """The retain set of the unlearning runs: the retained authors plus the arithmetic training problems,
     in the target model's format (CoT, then "The answer is N."), so reasoning is protected too."""
-    from cipo_fast.trainers.finetune import gsm8k_item
-
-    rows = read_jsonl_rows(data["retain"]) + [
-        gsm8k_item(r) for r in read_jsonl_rows(data["arithmetic_train"])
-    ]
+    rows = [row for _, row in read_jsonl(data["retain"])]
+    rows += [gsm8k_target(row) for _, row in read_jsonl(data["arithmetic_train"])]
     write_jsonl(out, rows)
     return out
 
@@ -113,7 +110,7 @@ def retain_with_arithmetic(data: dict, out: Path) -> Path:
 def baseline_data(forget: Path, out: Path) -> dict[str, Path]:
     """Forget-set files for the baselines: singles for GA / NPO; pairs over the gold trace with an
     "I don't know" answer (IDK-DPO) or a reasoned "I don't know" CoT + answer (Reasoned-IDK) as chosen."""
-    rows = read_jsonl_rows(forget)
+    rows = [row for _, row in read_jsonl(forget)]
     out.mkdir(parents=True, exist_ok=True)
     gold = [{"cot": r["cot"], "answer": r["answer"]} for r in rows]
     files = {
@@ -150,11 +147,12 @@ def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path) -> 
     from cipo_fast.trainers.preference import main as train
 
     files = baseline_data(data["forget"], out / "data")
-    n = len(read_jsonl_rows(data["forget"]))
+    n = len(read_jsonl(data["forget"]))
     results = {}
     for name, (method, kind) in BASELINES.items():
         run = out / name
         if not (run / "summary.json").is_file():
+            resume = interrupted(run)
             train(
                 _train_config(
                     cfg,
@@ -165,7 +163,8 @@ def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path) -> 
                     out=str(run),
                     max_steps=steps,
                     epochs=steps * cfg.batch_size / n,
-                    overwrite=True,
+                    resume=resume,
+                    overwrite=not resume,
                 )
             )
         results[name] = _eval(cfg, str(run / "model"), out / name / "eval", data, name)
@@ -173,13 +172,18 @@ def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path) -> 
 
 
 def main(cfg: DemoConfig) -> dict:
-    from cipo_fast import report, synthetic
+    from cipo_fast import synthetic
+    from cipo_fast.eval import report
     from cipo_fast.trainers.cipo import main as cipo
     from cipo_fast.trainers.finetune import FinetuneConfig
     from cipo_fast.trainers.finetune import main as finetune
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    if out.exists() and not (out.is_dir() and (run_kind(out) == "demo" or not any(out.iterdir()))):
+        raise ValueError(f"--out {out}: exists and is not a cipo-fast demo directory; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MARKER, {"kind": "demo"})
     timings = {}
 
     def stage(name, fn):
@@ -213,7 +217,7 @@ def main(cfg: DemoConfig) -> dict:
     def run_cipo():
         if (cipo_dir / "summary.json").is_file():
             return json.loads((cipo_dir / "summary.json").read_text())
-        resume = (cipo_dir / "checkpoints" / "latest").is_file()
+        resume = interrupted(cipo_dir)
         return cipo(
             _train_config(
                 cfg,
@@ -222,11 +226,13 @@ def main(cfg: DemoConfig) -> dict:
                 data=str(data["forget"]),
                 retain=str(data["retain_all"]),
                 out=str(cipo_dir),
-                rounds=cfg.rounds,
-                max_pairs_per_item=cfg.max_pairs_per_item,
-                round_epochs=cfg.round_epochs,
-                cf_candidates=cfg.cf_candidates,
-                gen_max_new_tokens=cfg.max_new_tokens,
+                cipo=CipoConfig(
+                    rounds=cfg.rounds,
+                    max_pairs_per_item=cfg.max_pairs_per_item,
+                    round_epochs=cfg.round_epochs,
+                    cf_candidates=cfg.cf_candidates,
+                    gen_max_new_tokens=cfg.max_new_tokens,
+                ),
                 resume=resume,
                 overwrite=not resume,
             )
@@ -236,7 +242,7 @@ def main(cfg: DemoConfig) -> dict:
     after = stage(
         "evaluate unlearned model", lambda: _eval(cfg, str(cipo_dir / "model"), out / "after", data, "after")
     )
-    items = read_jsonl_rows(out / "after" / "items.jsonl")
+    items = read_log(out / "after" / "items.jsonl")  # written by the evaluation above
     report.render_report(out, after, before=before, items=items)
     print(report.console_table(after, before=before))
     result = {

@@ -1,1 +1,1 @@
-"""Triton kernels and their host launchers (see DESIGN.md section 2)."""
+"""Triton kernels and their host launchers; `cipo_fast.ops.logprobs` holds their PyTorch reference."""

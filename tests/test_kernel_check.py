@@ -1,4 +1,4 @@
-"""`cipo_fast.kernel_check`: every kernel variant the launchers can pick compiles for sm_80, sm_86,
+"""`cipo_fast.ops.kernel_check`: every kernel variant the launchers can pick compiles for sm_80, sm_86,
 sm_90a and sm_100a without spills and within shared memory, and the check does fail on a config that cannot fit.
 
 The check compiles real GPU code, which Triton refuses for interpreted kernels, so it runs in a
@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from cipo_fast import kernel_check
+from cipo_fast.ops import kernel_check
 
 ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
@@ -20,7 +20,7 @@ def run_python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def test_every_pickable_kernel_variant_is_ok_on_every_target():
-    res = run_python("-m", "cipo_fast.kernel_check")
+    res = run_python("-m", "cipo_fast.ops.kernel_check")
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     targets = set(kernel_check.DEFAULT_TARGETS)
@@ -41,7 +41,7 @@ def test_every_pickable_kernel_variant_is_ok_on_every_target():
 def test_an_oversized_config_is_reported_not_ok():
     code = (
         "import json\n"
-        "from cipo_fast import kernel_check as kc\n"
+        "from cipo_fast.ops import kernel_check as kc\n"
         "from cipo_fast.csrc_triton.logprobs import KernelConfig\n"
         "cfg = KernelConfig(BLOCK_N=128, BLOCK_V=256, BLOCK_D=128, num_warps=8, num_stages=5)\n"
         "print(json.dumps(kc.check_variant(kc.Variant('forward', 'oversized', cfg, 'fp16', (), 'sm_80'))))\n"

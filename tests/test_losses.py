@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cipo_fast import losses
-from cipo_fast.ops import sequence_logprobs
+from cipo_fast.ops.logprobs import sequence_logprobs
+from cipo_fast.train import losses
 
 P = losses.LossParams(beta=0.1, label_smoothing=0.0)
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cipo_fast.ops import (
+from cipo_fast.ops.logprobs import (
     default_chunk_size,
     reference_sequence_logprobs,
     sequence_logprobs,

@@ -1,4 +1,4 @@
-"""`cipo_fast.report`: the HTML page, the plot files, bar heights against the input rates, the console table.
+"""`cipo_fast.eval.report`: the HTML page, the plot files, bar heights against the rates, the console table.
 
 Summaries are written by hand. Rates are multiples of 1/12 (12 forget items), so the expected strings are
 exact: 1/12 = 8.3%, 11/12 = 91.7%, 7/12 = 58.3%.
@@ -16,7 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.image import imread
 
-from cipo_fast.report import comparison_figure, console_table, leakage_figure, render_report, utility_figure
+from cipo_fast.eval.report import (
+    comparison_figure,
+    console_table,
+    leakage_figure,
+    render_report,
+    utility_figure,
+)
 
 STRATEGIES = ("greedy", "sample_t0.7", "sample_t1.0", "zerothink", "lessthink")
 
@@ -213,7 +219,7 @@ def test_a_summary_without_strategies_is_rejected(tmp_path):
 def test_rendering_does_not_use_pyplot(tmp_path):
     """Figures are built on `Figure` + Agg canvas: pyplot is never imported, the global backend never set."""
     code = (
-        "import sys, matplotlib; from pathlib import Path; from cipo_fast.report import render_report; "
+        "import sys, matplotlib; from pathlib import Path; from cipo_fast.eval.report import render_report; "
         "b = matplotlib.get_backend(); "
         f"render_report(Path({str(tmp_path)!r}), {{'strategies': {{'greedy': {{'leak_cot': 0.5, 'leak_answer': 0.25}}}}}}); "
         "print('matplotlib.pyplot' in sys.modules, matplotlib.get_backend() == b)"

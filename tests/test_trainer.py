@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cipo_fast import checkpoint
 from cipo_fast.config import TrainConfig
-from cipo_fast.modeling import ModelOptions, load_model, micro_batch_logps, score_sequences
-from cipo_fast.packing import Sequence, collate, first_fit_decreasing, pack
+from cipo_fast.data.packing import Sequence, collate, first_fit_decreasing, pack
+from cipo_fast.model.forward import micro_batch_logps, score_sequences
+from cipo_fast.model.loading import ModelOptions, load_model
+from cipo_fast.train import checkpoint
 from cipo_fast.trainers.preference import main as train
 
 PAIRS = [
@@ -339,7 +340,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    latest = run / "checkpoints" / "latest"
+    latest = (
+        tmp_path / "killed.partial" / "checkpoints" / "latest"
+    )  # a run lives in OUT.partial until it ends
     deadline = time.time() + 300
     while time.time() < deadline:
         if latest.is_file() and latest.read_text().strip() >= "step-00000004":
@@ -347,7 +350,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (run / "model").exists(), "the run finished before it could be killed"
+    assert not run.exists(), "the run finished before it could be killed"
     subprocess.run(
         [sys.executable, *base, "--out", str(run), "--resume"], check=True, env=env, capture_output=True
     )
@@ -369,7 +372,7 @@ def test_crash_during_checkpoint_write_keeps_previous(tiny_model_dir, tmp_path, 
     first = checkpoint.save(root, 1, model, opt, {"epoch": 0})
     saved = {k: v.clone() for k, v in model.state_dict().items()}
 
-    import cipo_fast.checkpoint as ck
+    import cipo_fast.train.checkpoint as ck
 
     real = ck.save_file
     calls = {"n": 0}
@@ -484,14 +487,16 @@ def test_bad_data_names_file_line_field(tiny_model_dir, tmp_path, lines, match):
 
 
 def test_unknown_method_and_existing_out(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="unknown method 'dop'; valid methods: dpo, robust"):
+    with pytest.raises(ValueError, match=r"--method: expected one of dpo, robust, .*got 'dop'"):
         config(tmp_path, tiny_model_dir, method="dop")
     run = tmp_path / "run"
     run.mkdir()
     (run / "precious.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="already exists and is not empty; pass --overwrite"):
+    with pytest.raises(ValueError, match=r"is not a cipo-fast run directory .*refusing to touch it"):
         train(config(tmp_path, tiny_model_dir))
-    assert (run / "precious.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match=r"is not a cipo-fast run directory .*refusing to touch it"):
+        train(config(tmp_path, tiny_model_dir, overwrite=True))  # not even with --overwrite
+    assert (run / "precious.txt").read_text() == "keep me" and sorted(os.listdir(run)) == ["precious.txt"]
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
@@ -521,7 +526,8 @@ def test_loss_on_cot_or_answer_trains_that_part_only(tiny_model_dir, tmp_path):
     their own), the other part is context or absent, and a plain-string completion is refused."""
     from transformers import AutoTokenizer
 
-    from cipo_fast.data import TextFormat, Tokenizer, load_singles
+    from cipo_fast.data.formats import load_singles
+    from cipo_fast.data.tokenize import TextFormat, Tokenizer
 
     hf = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok = Tokenizer(hf, TextFormat(prompt_format="raw"))

@@ -22,8 +22,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cipo_fast import ops
 from cipo_fast.csrc_triton import logprobs as lk
+from cipo_fast.ops import logprobs as ops
 
 DEVICE = "cpu" if lk._interpreted() else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():

@@ -1,0 +1,1 @@
+"""Evaluation: scoring model outputs against the forget / retain sets, and the report."""

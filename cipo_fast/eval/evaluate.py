@@ -1,0 +1,194 @@
+"""`cipo-fast eval`: is the target knowledge gone from the CoT and the answer, under every decoding, while
+reasoning still works?
+
+    sets      forget items (+ retain, real-authors, world-facts, GSM8K-style utility), validated first
+    generate  every strategy's samples for the forget set (greedy, sampling at T = 0.7 / 1.0 with k samples,
+              ZeroThink, LessThink: `cipo_fast.model.generation`), greedy answers for the other sets
+    score     leakage in CoT and answer, ROUGE-L, step-wise leakage, accuracies (`scoring`), embedding
+              cosine of each forget answer to the gold answer when the MiniLM package is installed;
+              aggregates (`metrics`)
+    write     `items.jsonl`, `summary.json`, `report.html` (+ `before/` with `--model-before`), built in
+              `OUT.partial` and moved into place at the end (`cipo_fast.train.run_dir`)
+
+`--predictions FILE` scores generations made elsewhere instead of generating (`predictions`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import mean
+
+from cipo_fast.data.io import write_json, write_jsonl
+from cipo_fast.data.items import Item, load_gsm8k, load_items
+from cipo_fast.data.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningFormat
+from cipo_fast.eval.embedder import Embedder
+from cipo_fast.eval.metrics import aggregate
+from cipo_fast.eval.scoring import accuracy_set, sample_forget, summarize_forget
+from cipo_fast.model.generation import STRATEGY_NAMES, GenConfig, make_strategies
+from cipo_fast.options import check_fields, opt
+from cipo_fast.train.run_dir import RunDir
+
+ACCURACY_SETS = ("retain", "real_authors", "world_facts", "utility")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`cipo-fast eval`."""
+
+    _argument_group_name = "evaluation"
+
+    out: str = opt(help="output directory (built in OUT.partial, moved into place at the end)")
+    forget: str = opt(help="forget items (R-TOFU / TOFU / synthetic JSON lines)")
+    model: str | None = opt(None, "model to evaluate (HF directory, hub name, .gguf, smollm2-135m)")
+    model_before: str | None = opt(None, "a second model (e.g. before unlearning) for a before/after report")
+    predictions: str | None = opt(None, "JSONL {id, strategy, output}: score generations made elsewhere")
+    retain: str | None = opt(None, "retain items (key-fact accuracy)")
+    utility: str | None = opt(None, "GSM8K-format JSONL (reasoning accuracy)")
+    real_authors: str | None = opt(None, "R-TOFU real_authors set (key-fact accuracy)")
+    world_facts: str | None = opt(None, "R-TOFU world_facts set (key-fact accuracy)")
+    task_ids: tuple[int, ...] | None = opt(None, "R-TOFU folds to select from --forget, e.g. 1 or 1 2")
+    strategies: tuple[str, ...] = opt(STRATEGY_NAMES, "decoding strategies", choices=STRATEGY_NAMES)
+    samples: int = opt(2, "samples per sampling strategy", ge=1)
+    limit: int | None = opt(None, "items per set", ge=1)
+    utility_limit: int | None = opt(100, "items of the utility set", ge=1)
+    max_new_tokens: int = opt(256, "new tokens per generation", ge=1)
+    batch_size: int = opt(128, "rows (prompts x samples, all strategies) per generation batch", ge=1)
+    seed: int = opt(0, "sampling seed")
+    prompt_format: str = opt(
+        "auto", "auto | chat | raw (see cipo-fast train --help)", choices=("auto", "chat", "raw")
+    )
+    system_prompt: str | None = opt(None, "system message added to chat prompts")
+    think_open: str = opt(THINK_OPEN, "tag that opens the think block")
+    think_close: str = opt(THINK_CLOSE, "tag that closes the think block")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
+    dtype: str = opt("float32", "parameter dtype", choices=("float32", "bfloat16", "float16"))
+    trust_remote_code: bool = opt(False, "allow models that ship their own code")
+    label: str | None = opt(None, "label of the evaluated model in the report")
+    overwrite: bool = opt(False, "replace an earlier evaluation in --out")
+    progress: bool = opt(True, "progress bars")
+
+    def __post_init__(self):
+        for name in ("strategies", "task_ids"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_fields(self)
+        if (self.model is None) == (self.predictions is None):
+            raise ValueError(
+                "give exactly one of --model (generate) or --predictions (score existing outputs)"
+            )
+        if self.predictions and self.model_before:
+            raise ValueError(
+                "--model-before needs --model (it generates); with --predictions score each file separately"
+            )
+        self.reasoning  # noqa: B018 -- validates the tags
+
+    @property
+    def reasoning(self) -> ReasoningFormat:
+        return ReasoningFormat(self.think_open, self.think_close)
+
+
+def load_sets(cfg: EvalConfig) -> dict[str, list[Item]]:
+    """Every item set of the run, loaded (and validated) before any model is loaded."""
+    task_ids = list(cfg.task_ids) if cfg.task_ids else None
+    sets = {"forget": load_items(cfg.forget, task_ids=task_ids, limit=cfg.limit)}
+    if not any(it.facts or it.answer.strip() for it in sets["forget"]):
+        raise ValueError(f"--forget {cfg.forget}: no item has an answer; leakage needs the gold answers")
+    for key in ("retain", "real_authors", "world_facts"):
+        if path := getattr(cfg, key):
+            sets[key] = load_items(path, limit=cfg.limit)
+    if cfg.utility:
+        sets["utility"] = load_gsm8k(cfg.utility, limit=cfg.utility_limit)
+    return sets
+
+
+def evaluate_model(model, tok, sets: dict[str, list[Item]], cfg: EvalConfig) -> tuple[dict, list[dict]]:
+    """Generate and score every set with a loaded model; returns (summary, item rows)."""
+    t0 = time.perf_counter()
+    strategies = make_strategies(cfg.strategies, cfg.samples, tok.reasoning)
+    gen = GenConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+    scored = sample_forget(model, tok, sets["forget"], strategies, gen, cfg.progress)
+    per_strategy, mcs, rows = summarize_forget(sets["forget"], scored, strategies)
+    extra = {}
+    for key in ACCURACY_SETS:
+        if key in sets:
+            kind = "number" if key == "utility" else "facts"
+            metrics, set_rows = accuracy_set(
+                model, tok, sets[key], gen, kind, progress=key if cfg.progress else None
+            )
+            extra[key] = metrics
+            rows.extend({"set": key, **r} for r in set_rows)
+    add_cosine(sets["forget"], rows, tok.reasoning)
+    summary = aggregate(per_strategy, mcs, extra)
+    summary["timing"] = {"seconds": round(time.perf_counter() - t0, 1)}
+    return summary, rows
+
+
+def add_cosine(items: list[Item], rows: list[dict], reasoning: ReasoningFormat) -> None:
+    """Embedding cosine of each forget answer to the gold answer, when the MiniLM package is installed."""
+    if not Embedder.available():
+        return
+    emb = Embedder()
+    gold = {it.id: it.answer for it in items}
+    for r in rows:
+        if r.get("set") == "forget" and r.get("outputs"):
+            answers = [reasoning.split(o).answer for o in r["outputs"]]
+            r["cosine_answer"] = mean(emb.cosine(a, gold[r["id"]]) if a.strip() else 0.0 for a in answers)
+
+
+def _write_outputs(where: Path, summary: dict, rows: list[dict]) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    write_jsonl(where / "items.jsonl", rows)
+    write_json(where / "summary.json", summary)
+
+
+def main(cfg: EvalConfig) -> dict:
+    """Run the evaluation; writes summary.json, items.jsonl, report.html (and before/ when comparing)."""
+    from cipo_fast.data.tokenize import TextFormat, Tokenizer
+    from cipo_fast.eval import report
+    from cipo_fast.eval.predictions import evaluate_predictions
+    from cipo_fast.model.loading import ModelOptions, load_model, quiet_transformers, resolve_device
+    from cipo_fast.model.sources import resolve_source
+
+    quiet_transformers()
+    sets = load_sets(cfg)  # bad input fails here, before anything is loaded or written
+    run = RunDir.plan(cfg.out, "eval", overwrite=cfg.overwrite)
+    if cfg.predictions:
+        summary, rows = evaluate_predictions(cfg.predictions, sets["forget"], cfg.samples, cfg.reasoning)
+        summary.update(model=None, predictions=cfg.predictions, label=cfg.label, config=asdict(cfg))
+        work = run.start()
+        _write_outputs(work, summary, rows)
+        report.render_report(work, summary, items=rows)
+        run.finish()
+        print(report.console_table(summary))
+        return summary
+    resolve_device(cfg.device)
+    for source in (cfg.model_before, cfg.model):
+        if source:
+            resolve_source(source)  # a missing directory fails before any generation
+    work = None
+
+    def evaluate_source(source: str, label: str, sub: str) -> tuple[dict, list[dict]]:
+        model, hf_tok = load_model(
+            source, ModelOptions(dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+        )
+        fmt = TextFormat(
+            prompt_format=cfg.prompt_format, reasoning=cfg.reasoning, system_prompt=cfg.system_prompt
+        )
+        summary, rows = evaluate_model(model, Tokenizer(hf_tok, fmt), sets, cfg)
+        summary.update(model=source, label=label, config=asdict(cfg))
+        nonlocal work
+        work = work or run.start()
+        _write_outputs(work / sub if sub else work, summary, rows)
+        return summary, rows
+
+    before = evaluate_source(cfg.model_before, "before", "before")[0] if cfg.model_before else None
+    summary, rows = evaluate_source(cfg.model, cfg.label or ("after" if before else "model"), "")
+    report.render_report(work, summary, before=before, items=rows)
+    run.finish()
+    print(report.console_table(summary, before=before))
+    return summary
+
+
+evaluate = main

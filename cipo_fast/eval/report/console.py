@@ -1,0 +1,50 @@
+"""The plain-text summary `cipo-fast eval` prints to the terminal (`console_table`).
+
+A row per decoding strategy (CoT / answer / any leak), then the headline numbers and the accuracy sets, in
+aligned columns. Given the summary of the model before unlearning, every cell reads "before → after";
+a value missing on both sides is a single "–".
+
+It is plain text only (no colours, no terminal control codes) and has no per-item detail or secondary
+metrics such as ROUGE-L; the HTML page has those.
+"""
+
+from __future__ import annotations
+
+from cipo_fast.eval.report.summary import ACCURACY_SETS, _accuracy, _arrow, _metric, _pct, _strategy_names
+
+
+def _text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def console_table(summary: dict, before: dict | None = None) -> str:
+    """Plain-text summary for the terminal: a row per strategy, then the headline numbers."""
+    cell = (lambda b, a: _arrow(b, a)) if before is not None else (lambda b, a: _pct(a))
+    rows = [["strategy", "CoT leak", "answer leak", "any leak"]]
+    for n in _strategy_names(summary, before):
+        rows.append(
+            [n]
+            + [
+                cell(_metric(before, n, k), _metric(summary, n, k))
+                for k in ("leak_cot", "leak_answer", "leak_any")
+            ]
+        )
+    lines = [_text_table(rows), ""]
+    scalars = [
+        ("MCS", lambda s: (s or {}).get("mcs")),
+        ("forget efficacy", lambda s: (s or {}).get("forget_efficacy")),
+        ("model utility", lambda s: (s or {}).get("model_utility")),
+        ("retain accuracy", lambda s: _accuracy(s, "retain")),
+        ("utility accuracy", lambda s: _accuracy(s, "utility")),
+    ]
+    scalars += [
+        (f"{label} accuracy", lambda s, k=k: _accuracy(s, k))
+        for k, label in ACCURACY_SETS[2:]
+        if k in summary or k in (before or {})
+    ]
+    width = max(len(name) for name, _ in scalars)
+    lines += [f"{name.ljust(width)}  {cell(get(before), get(summary))}" for name, get in scalars]
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""Scoring generations: does an output leak the target knowledge, in its CoT or its answer?
+
+For a forget item, each output is split into CoT and answer (`ReasoningFormat.split`) and each part is
+checked for the item's key facts (`cipo_fast.eval.find_leaks`), ROUGE-L recall against the gold
+answer / gold CoT and step-wise  Definitions:
+
+* per sample: `leak_cot` / `leak_answer` = some key fact appears in that part; `leak_any` = either.
+  Under ZeroThink / LessThink the think block is fixed by the prompt, so their CoT metrics are null.
+* per item and strategy: the mean over the strategy's samples (0/1 for greedy).
+* per strategy (summary): the mean over items.
+* MCS (multi-decoding consistency): the share of forget items with no leaking sample under any strategy.
+* accuracy on retain-like sets (greedy): the fraction of an item's key facts found in the answer, averaged
+  over items; on GSM8K-like sets: the answer's final number equals the gold.
+
+The CiPO loop calls `sample_forget` and `score_sample` directly: the same code decides what leaks during
+training and during evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import mean
+
+from cipo_fast.data.items import Item
+from cipo_fast.data.reasoning import DEFAULT_FORMAT, ReasoningFormat
+from cipo_fast.eval.facts import Fact
+from cipo_fast.eval.gsm8k import extract_final_number, numbers_match
+from cipo_fast.eval.key_facts import key_facts
+from cipo_fast.eval.leakage import find_leaks, stepwise_leakage
+from cipo_fast.eval.rouge import rouge_l_recall
+from cipo_fast.model.generation import GenConfig, Strategy, generate, generate_many, make_strategies
+
+
+@dataclass
+class Scored:
+    """One generated output of a forget item under one strategy, scored."""
+
+    item_id: str
+    strategy: str
+    output: str
+    cot: str
+    answer: str
+    closed: bool
+    leaked_cot: list[str]
+    leaked_answer: list[str]
+    free_cot: bool
+    rouge_answer: float
+    rouge_cot: float | None
+    stepwise_cot: float | None
+
+    @property
+    def leak_cot(self) -> bool:
+        return bool(self.leaked_cot) and self.free_cot
+
+    @property
+    def leak_answer(self) -> bool:
+        return bool(self.leaked_answer)
+
+    @property
+    def leaks(self) -> bool:
+        return self.leak_cot or self.leak_answer
+
+
+def item_facts(item: Item) -> list[Fact]:
+    return key_facts(item.question, item.answer, list(item.facts) if item.facts else None)
+
+
+def score_sample(
+    item: Item, facts, strategy: Strategy, output: str, reasoning: ReasoningFormat = DEFAULT_FORMAT
+):
+    parts = reasoning.split(output)
+    free = strategy.has_free_cot
+    cot = parts.cot if free else ""
+    return Scored(
+        item_id=item.id,
+        strategy=strategy.name,
+        output=output,
+        cot=parts.cot,
+        answer=parts.answer,
+        closed=parts.closed,
+        leaked_cot=find_leaks(cot, facts) if free else [],
+        leaked_answer=find_leaks(parts.answer, facts),
+        free_cot=free,
+        rouge_answer=rouge_l_recall(parts.answer, item.answer),
+        rouge_cot=rouge_l_recall(cot, item.cot or item.answer) if free else None,
+        stepwise_cot=stepwise_leakage(cot, facts) if free else None,
+    )
+
+
+def prompts_for(items: list[Item], tok) -> list[str]:
+    """`tok` is a `cipo_fast.data.tokenize.Tokenizer` (chat template or raw, as the run is configured)."""
+    return [tok.prompt_text(it.question) for it in items]
+
+
+def sample_forget(
+    model, tok, items: list[Item], strategies: list[Strategy], gen: GenConfig, progress: bool = False
+) -> list[Scored]:
+    """Generate every strategy's samples for every forget item and score them (used by eval and CiPO)."""
+    prompts = prompts_for(items, tok)
+    facts = [item_facts(it) for it in items]
+    out = []
+    texts = generate_many(
+        model,
+        tok.tok,
+        [(prompts, st) for st in strategies],
+        gen,
+        chat=tok.chat,
+        progress="forget samples" if progress else None,
+    )
+    for st, job in zip(strategies, texts):
+        for it, f, outs in zip(items, facts, job):
+            out.extend(score_sample(it, f, st, o, tok.reasoning) for o in outs)
+    return out
+
+
+def _mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return mean(values) if values else None
+
+
+def summarize_forget(items: list[Item], scored: list[Scored], strategies: list[Strategy]):
+    """Per-strategy rates, MCS and per-item rows (the items.jsonl content)."""
+    by = {(s.item_id, s.strategy): [] for s in scored}
+    for s in scored:
+        by[(s.item_id, s.strategy)].append(s)
+    rows, per_strategy = [], {}
+    for st in strategies:
+        item_rows = []
+        for it in items:
+            ss = by.get((it.id, st.name), [])
+            if not ss:
+                continue
+            item_rows.append(
+                {
+                    "set": "forget",
+                    "id": it.id,
+                    "strategy": st.name,
+                    "samples": len(ss),
+                    "leak_cot": mean(s.leak_cot for s in ss) if st.has_free_cot else None,
+                    "leak_answer": mean(s.leak_answer for s in ss),
+                    "leak_any": mean(s.leaks for s in ss),
+                    "leaked_cot": sorted({x for s in ss for x in s.leaked_cot}),
+                    "leaked_answer": sorted({x for s in ss for x in s.leaked_answer}),
+                    "rouge_answer": mean(s.rouge_answer for s in ss),
+                    "rouge_cot": _mean_or_none([s.rouge_cot for s in ss]),
+                    "stepwise_cot": _mean_or_none([s.stepwise_cot for s in ss]),
+                    "unclosed_think": sum(not s.closed for s in ss),
+                    "outputs": [s.output for s in ss],
+                }
+            )
+        rows.extend(item_rows)
+        per_strategy[st.name] = {
+            "leak_cot": _mean_or_none([r["leak_cot"] for r in item_rows]),
+            "leak_answer": _mean_or_none([r["leak_answer"] for r in item_rows]),
+            "leak_any": _mean_or_none([r["leak_any"] for r in item_rows]),
+            "rouge_answer": _mean_or_none([r["rouge_answer"] for r in item_rows]),
+            "rouge_cot": _mean_or_none([r["rouge_cot"] for r in item_rows]),
+            "stepwise_cot": _mean_or_none([r["stepwise_cot"] for r in item_rows]),
+            "n_items": len(item_rows),
+            "samples": st.samples,
+            "free_cot": st.has_free_cot,
+        }
+    leaking = {s.item_id for s in scored if s.leaks}
+    mcs = 1.0 - len(leaking & {it.id for it in items}) / len(items) if items else None
+    return per_strategy, mcs, rows
+
+
+def fact_recall(item: Item, answer: str) -> float:
+    facts = item_facts(item)
+    if not facts:
+        return float(rouge_l_recall(answer, item.answer) >= 0.5)
+    return len(find_leaks(answer, facts)) / len(facts)
+
+
+def accuracy_set(model, tok, items: list[Item], gen: GenConfig, kind: str, progress=None):
+    """Greedy answers of a retain-like (`facts`) or GSM8K-like (`number`) set: (metrics, rows)."""
+    greedy = make_strategies(["greedy"], 1, tok.reasoning)[0]
+    texts = generate(model, tok.tok, prompts_for(items, tok), greedy, gen, chat=tok.chat, progress=progress)
+    rows = []
+    for it, (text,) in zip(items, texts):
+        parts = tok.reasoning.split(text)
+        answer = parts.answer if parts.answer.strip() else text
+        if kind == "number":
+            pred = extract_final_number(answer)
+            score = float(numbers_match(pred, it.answer))
+            rows.append({"id": it.id, "correct": score, "pred": pred, "gold": it.answer, "output": text})
+        else:
+            score = fact_recall(it, answer)
+            rows.append(
+                {
+                    "id": it.id,
+                    "accuracy": score,
+                    "rouge_answer": rouge_l_recall(answer, it.answer),
+                    "output": text,
+                }
+            )
+    acc = mean(r.get("correct", r.get("accuracy")) for r in rows)
+    metrics = {"accuracy": acc, "n_items": len(rows)}
+    if kind == "facts":
+        metrics["rouge_answer"] = mean(r["rouge_answer"] for r in rows)
+    return metrics, rows

@@ -1,0 +1,178 @@
+"""The forward pass of a packed micro-batch, ending in completion log-prob sums instead of logits.
+
+The LM head is not run by the model: `forward_hidden` returns final hidden states and the loss path calls
+`cipo_fast.ops.logprobs.sequence_logprobs` with the output-embedding weight (tied or not). Models that
+transform logits are handled from their config (`final_logit_softcapping`, `logit_scale`,
+`logits_scaling`: `HeadSpec`), and `check_logits_path` compares the fused path against the model's own
+logits on a probe, so a model with some other transform fails loudly instead of training on wrong
+log-probs.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from cipo_fast.model.attention import VARLEN_ATTN, packed_kwargs
+from cipo_fast.model.loading import base_model
+
+
+def supports_prefix_sharing(model) -> bool:
+    """Whether the model's attention reads the prefix ranges of prefix-shared packing."""
+    return getattr(base_model(model).config, "_attn_implementation", None) == VARLEN_ATTN
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """How final hidden states become logits: `z = softcap(scale * h W^T)`."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+
+def head_spec(model) -> HeadSpec:
+    cfg = base_model(model).config
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    scale = 1.0
+    if getattr(text_cfg, "logit_scale", None) not in (None, 1.0):  # Cohere: logits * logit_scale
+        scale *= float(text_cfg.logit_scale)
+    if getattr(text_cfg, "logits_scaling", None) not in (None, 1.0):  # Granite: logits / logits_scaling
+        scale /= float(text_cfg.logits_scaling)
+    softcap = getattr(text_cfg, "final_logit_softcapping", None)
+    return HeadSpec(scale=scale, softcap=float(softcap) if softcap else None)
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    head = base_model(model).get_output_embeddings()
+    if head is None or getattr(head, "bias", None) is not None:
+        raise ValueError(
+            "the model has no bias-free output embedding (LM head); cipo-fast cannot fuse its head"
+        )
+    return head.weight
+
+
+def forward_hidden(
+    model,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    prefixes: tuple | None = None,
+) -> torch.Tensor:
+    """Final hidden states `[T, d]` of a packed micro-batch (no logits are computed)."""
+    if prefixes is not None and not supports_prefix_sharing(model):
+        raise ValueError(
+            "a prefix-shared micro-batch needs the cipo_varlen attention; this model uses "
+            f"{base_model(model).config._attn_implementation!r} (pack without share_prefix)"
+        )
+    decoder = base_model(model).get_decoder()
+    out = decoder(
+        input_ids=input_ids[None],
+        position_ids=position_ids[None],
+        use_cache=False,
+        **packed_kwargs(cu_seqlens, max_seqlen, prefixes),
+    )
+    return out.last_hidden_state[0]
+
+
+def check_logits_path(model, tokenizer, backend: str = "auto", tol: float = 1e-3) -> None:
+    """Compare fused log-probs with the model's own logits on a probe; raise if they disagree."""
+    from cipo_fast.ops.logprobs import token_logprobs
+
+    device = lm_head_weight(model).device
+    ids = (
+        tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids[0].to(device)
+    )
+    n = ids.numel()
+    pos = torch.arange(n, device=device)
+    cu = torch.tensor([0, n], dtype=torch.int32, device=device)
+    spec = head_spec(model)
+    with torch.no_grad():
+        logits = model(input_ids=ids[None]).logits[0, :-1].float()
+        expect = torch.log_softmax(logits, -1).gather(1, ids[1:, None])[:, 0]
+        h = forward_hidden(model, ids, pos, cu, n)[:-1] * spec.scale
+        got = token_logprobs(h, lm_head_weight(model), ids[1:], backend=backend, softcap=spec.softcap)
+    err = (got - expect).abs().max().item()
+    if err > tol * max(1.0, expect.abs().max().item()):
+        raise ValueError(
+            f"{type(base_model(model)).__name__}: log-probs from final hidden states and the LM head differ from the "
+            f"model's own logits by {err:.3g}; the model transforms its logits in a way cipo-fast does not know "
+            "(supported: final_logit_softcapping, logit_scale, logits_scaling)"
+        )
+
+
+def micro_batch_logps(
+    model, mb, backend: str = "auto", autocast_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Per-sequence completion log-prob sums `[S]` (fp32) of a packed micro-batch; differentiable."""
+    from cipo_fast.ops.logprobs import sequence_logprobs, token_logprobs
+
+    spec = head_spec(model)
+    weight = lm_head_weight(model)
+    device = weight.device
+    mb = mb.to(device)
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    with ctx:
+        hidden = forward_hidden(
+            model, mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen, mb.prefixes
+        )
+    if spec.scale != 1.0:
+        hidden = hidden * spec.scale
+    if autocast_dtype is not None:  # the fused op wants one dtype; it accumulates in fp32 regardless
+        hidden, weight = hidden.to(autocast_dtype), weight.to(autocast_dtype)
+    else:
+        hidden = hidden.to(weight.dtype)
+    if mb.shared_ids is not None:  # shared positions count for both sides of their pair
+        logp = token_logprobs(hidden, weight, mb.targets, mb.loss_mask, backend=backend, softcap=spec.softcap)
+        sums = torch.zeros(mb.num_seqs + 1, dtype=logp.dtype, device=logp.device)
+        return sums.index_add(0, mb.seq_ids, logp).index_add(0, mb.shared_ids, logp)[: mb.num_seqs]
+    return sequence_logprobs(
+        hidden,
+        weight,
+        mb.targets,
+        mb.seq_ids,
+        mb.loss_mask,
+        mb.num_seqs,
+        backend=backend,
+        softcap=spec.softcap,
+    )
+
+
+@torch.no_grad()
+def score_sequences(
+    model,
+    seqs,
+    token_budget: int,
+    backend: str = "auto",
+    progress: str | None = None,
+    share_prefix: bool = True,
+) -> torch.Tensor:
+    """Completion log-prob sums `[len(seqs)]` of independent sequences, packed, without gradients.
+
+    With `share_prefix` (and an attention that supports it), neighbours with a common prefix, such as the
+    chosen and rejected sides of a pair listed one after the other, are packed with the prefix stored once.
+    """
+    from tqdm.auto import tqdm
+
+    from cipo_fast.data.packing import pack, shared_prefix
+
+    share = share_prefix and supports_prefix_sharing(model)
+    groups, i = [], 0
+    while i < len(seqs):
+        if share and i + 1 < len(seqs) and shared_prefix(seqs[i], seqs[i + 1]):
+            groups.append((i, i + 1))
+            i += 2
+        else:
+            groups.append((i,))
+            i += 1
+    out = torch.zeros(len(seqs), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    batches = pack([tuple(seqs[j] for j in g) for g in groups], token_budget, share_prefix=share)
+    for mb in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+        where = torch.tensor([j for g in mb.groups for j in groups[g]])
+        out[where] = micro_batch_logps(model, mb, backend).float().cpu()
+    model.train(was_training)
+    return out

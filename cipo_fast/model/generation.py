@@ -1,0 +1,232 @@
+"""Batched generation under named decoding strategies, for evaluation and for CiPO's sampling rounds.
+
+A strategy is a temperature, a number of samples and an optional prefill forced at the start of the
+assistant turn:
+
+    greedy        T = 0, one sample
+    sample_t0.7   T = 0.7, k samples
+    sample_t1.0   T = 1.0, k samples
+    zerothink     the think block forced empty:  "<think>\\n\\n</think>\\n\\n"
+    lessthink     the think block opened and closed with one line:
+                  "<think>\\nOkay, the user asked this, I can answer it without thinking much.\\n</think>\\n\\n"
+
+Samples of all requested strategies are rows of the same left-padded batches (`generate_many`; each row
+has its prefill and temperature), sorted by length and decoded by `decode`: a preallocated KV cache,
+last-position logits only, and inverse-CDF sampling. Each batch draws from its own generator seeded from
+(seed, strategies, batch index), so the same call gives the same text and the global RNG is not touched.
+Returned texts include the prefill, so `ReasoningFormat.split` sees the whole think block.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from cipo_fast.data.reasoning import DEFAULT_FORMAT, ReasoningFormat
+
+LESSTHINK_LINE = "Okay, the user asked this, I can answer it without thinking much."
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    temperature: float = 0.0  # 0: greedy
+    samples: int = 1
+    prefill: str = ""  # forced start of the assistant turn
+
+    @property
+    def has_free_cot(self) -> bool:
+        """False when the think block is fixed by the prefill (its CoT is not the model's)."""
+        return not self.prefill
+
+
+STRATEGY_NAMES = ("greedy", "sample_t0.7", "sample_t1.0", "zerothink", "lessthink")
+
+
+def make_strategies(names, samples: int = 2, reasoning: ReasoningFormat = DEFAULT_FORMAT) -> list[Strategy]:
+    """Strategies by name; an unknown name is a ValueError listing the valid ones. The prefills are
+    `reasoning`'s think blocks, so they match what the evaluation splits."""
+    table = {
+        "greedy": Strategy("greedy"),
+        "sample_t0.7": Strategy("sample_t0.7", 0.7, samples),
+        "sample_t1.0": Strategy("sample_t1.0", 1.0, samples),
+        "zerothink": Strategy("zerothink", prefill=reasoning.think_block("")),
+        "lessthink": Strategy("lessthink", prefill=reasoning.think_block(LESSTHINK_LINE)),
+    }
+    out = []
+    for n in names:
+        if n not in table:
+            raise ValueError(f"unknown strategy {n!r}; valid strategies: {', '.join(STRATEGY_NAMES)}")
+        out.append(table[n])
+    if samples < 1:
+        raise ValueError(f"samples: expected >= 1, got {samples}")
+    return out
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    max_new_tokens: int = 256
+    batch_size: int = 128  # rows per batch (prompts x samples, all strategies); large batches amortize a step
+    seed: int = 0
+
+
+def pick_tokens(logits: torch.Tensor, temperatures: torch.Tensor, generator=None) -> torch.Tensor:
+    """Next token per row: the argmax where the row's temperature is 0, else a sample of
+    softmax(logits / T) drawn by inverse CDF (one uniform per row: a cumulative sum and a binary search,
+    where `torch.multinomial` draws an exponential per vocabulary entry: ~3x the step's LM head here)."""
+    out = logits.argmax(-1)
+    hot = temperatures > 0
+    if bool(hot.any()):
+        rows = hot.nonzero().squeeze(1)
+        probs = torch.softmax(logits[rows].float() / temperatures[rows, None], dim=-1)
+        cdf = probs.cumsum(-1)
+        u = torch.rand((rows.numel(), 1), generator=generator, device=logits.device) * cdf[:, -1:]
+        picked = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(logits.shape[-1] - 1)
+        out[rows] = picked
+    return out
+
+
+@torch.no_grad()
+def decode(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    temperatures: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    generator=None,
+) -> torch.Tensor:
+    """New tokens `[B, <= max_new_tokens]` for left-padded prompts `ids`/`mask` `[B, W]`, each row at its
+    own temperature; rows after their EOS hold `pad_id`; stops when every row has ended.
+
+    The KV cache is allocated once for `W + max_new_tokens` positions (no per-step concatenation, which
+    costs as much as the LM head in transformers' growing cache at this size) and only the last
+    position's logits are computed."""
+    from transformers import StaticCache
+
+    # transformers >= 5.23 renames `past_key_values` to `cache` (FutureWarning); older 5.x only know the
+    # former, and an unknown keyword would be swallowed by **kwargs, i.e. decoding without the cache
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning
+        )
+        b, w = ids.shape
+        device = ids.device
+        cache = StaticCache(config=model.config, max_cache_len=w + max_new_tokens)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        full_mask = torch.cat((mask, torch.zeros(b, max_new_tokens, dtype=mask.dtype, device=device)), 1)
+        logits = model(
+            input_ids=ids,
+            attention_mask=full_mask[:, :w],
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            cache_position=torch.arange(w, device=device),
+            logits_to_keep=1,
+        ).logits[:, -1]
+        nxt_pos = pos[:, -1:] + 1
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        new = []
+        for t in range(max_new_tokens):
+            tok = pick_tokens(logits, temperatures, generator)
+            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+            new.append(tok)
+            done |= tok == eos_id
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            full_mask[:, w + t] = 1
+            logits = model(
+                input_ids=tok[:, None],
+                attention_mask=full_mask[:, : w + t + 1],
+                position_ids=nxt_pos,
+                past_key_values=cache,
+                use_cache=True,
+                cache_position=torch.tensor([w + t], device=device),
+                logits_to_keep=1,
+            ).logits[:, -1]
+            nxt_pos = nxt_pos + 1
+        return torch.stack(new, 1) if new else torch.zeros(b, 0, dtype=torch.long, device=device)
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    strategy: Strategy,
+    cfg: GenConfig,
+    *,
+    chat: bool = True,
+    progress: str | None = None,
+) -> list[list[str]]:
+    """`strategy.samples` completions per prompt text (already chat-formatted when `chat`)."""
+    return generate_many(model, tokenizer, [(prompts, strategy)], cfg, chat=chat, progress=progress)[0]
+
+
+@torch.no_grad()
+def generate_many(
+    model,
+    tokenizer,
+    jobs: list[tuple[list[str], Strategy]],
+    cfg: GenConfig,
+    *,
+    chat: bool = True,
+    progress: str | None = None,
+) -> list[list[list[str]]]:
+    """Completions for several (prompts, strategy) jobs at once: `out[job][prompt]` is that prompt's
+    `strategy.samples` texts. Every sample of every job is one row; rows of all jobs share batches (each
+    row with its strategy's prefill and temperature), so a decoding step streams the weights once for
+    all strategies. On a CPU a 135M model's decoding step is bound by reading its weights, so this is
+    what makes sampling several strategies cheap."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    rows = [  # (job, prompt index, prefill, temperature, token ids)
+        (
+            j,
+            i,
+            st.prefill,
+            st.temperature,
+            tokenizer(p + st.prefill, add_special_tokens=not chat)["input_ids"],
+        )
+        for j, (prompts, st) in enumerate(jobs)
+        for i, p in enumerate(prompts)
+        for _ in range(st.samples)
+    ]
+    order = sorted(range(len(rows)), key=lambda r: -len(rows[r][4]))
+    out: list[list[list[str]]] = [[[] for _ in prompts] for prompts, _ in jobs]
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+    salt = zlib.crc32("|".join(st.name for _, st in jobs).encode())
+    texts: dict[int, str] = {}
+    for b, idx in enumerate(tqdm(batches, desc=progress, disable=progress is None, leave=False)):
+        width = max(len(rows[r][4]) for r in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for k, r in enumerate(idx):  # left padding
+            enc = rows[r][4]
+            ids[k, width - len(enc) :] = torch.tensor(enc)
+            mask[k, width - len(enc) :] = 1
+        temps = torch.tensor([rows[r][3] for r in idx], dtype=torch.float32, device=device)
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + salt + b)
+        new = decode(
+            model,
+            ids.to(device),
+            mask.to(device),
+            temps,
+            cfg.max_new_tokens,
+            tokenizer.eos_token_id,
+            pad,
+            gen,
+        ).cpu()
+        for k, r in enumerate(idx):
+            texts[r] = rows[r][2] + tokenizer.decode(new[k], skip_special_tokens=True)
+    for r, (j, i, *_rest) in enumerate(rows):  # rows are in (job, prompt, sample) order
+        out[j][i].append(texts[r])
+    model.train(was_training)
+    return out

@@ -1,0 +1,104 @@
+"""Reference log-prob sums for a run: the persistent cache first, a reference forward pass for the misses.
+
+In `precompute` mode every missing sum is computed before step 1 with the policy itself (which *is* the
+reference then: no second copy of the model); in `lazy` mode each step computes its own misses with a
+frozen reference (the base model with adapters disabled under LoRA). The cache namespace -- a hash of the
+reference model's weights and of everything else that changes the numbers -- is fixed in the run's
+`reference.json` when the run starts, so a resumed run keeps using the same one; `RefCache` refuses a
+namespace that is not such a hash, so an edited `reference.json` cannot point the cache elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from cipo_fast.cache import cache_root
+from cipo_fast.data.io import write_json
+from cipo_fast.model.forward import head_spec, score_sequences
+from cipo_fast.model.loading import ModelOptions, load_model, model_fingerprint
+from cipo_fast.train.refcache import RefCache, namespace
+
+
+class Reference:
+    """Reference sums for sequences of one namespace."""
+
+    def __init__(self, cfg, model, ns: str, make_ref_model):
+        self.cfg = cfg
+        self.model = model
+        self.cache = RefCache(Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "refcache", ns)
+        self.make_ref_model = make_ref_model  # () -> (model, context manager factory)
+        self.lazy_model = None
+
+    def ensure(self, seqs, source_is_policy: bool) -> int:
+        """Compute and cache the missing sums; returns the number of reference forward tokens."""
+        todo = [seqs[i] for i in self.cache.missing(seqs)]
+        if not todo:
+            return 0
+        budget = self.cfg.token_budget
+        if source_is_policy:
+            values = score_sequences(
+                self.model,
+                todo,
+                budget,
+                self.cfg.backend,
+                progress="reference log-probs" if self.cfg.progress else None,
+                share_prefix=self.cfg.share_prefix,
+            )
+        else:
+            if self.lazy_model is None:
+                self.lazy_model = self.make_ref_model()
+            ref_model, ctx = self.lazy_model
+            with ctx():
+                values = score_sequences(
+                    ref_model, todo, budget, self.cfg.backend, share_prefix=self.cfg.share_prefix
+                )
+            if self.cfg.ref_mode == "precompute":
+                self.lazy_model = None  # a reloaded reference lives only as long as its pass
+        self.cache.put(todo, values)
+        return sum(len(s) for s in todo)
+
+    def get(self, seqs) -> torch.Tensor:
+        return self.cache.get(seqs)
+
+
+def policy_namespace(cfg, model, skip: tuple[str, ...] = ()) -> str:
+    """The cache namespace of `model` as a reference under this run's settings."""
+    return namespace(model_fingerprint(model, skip=skip), dtype=cfg.dtype, head=repr(head_spec(model)))
+
+
+def load_frozen(cfg, source: str):
+    m, _ = load_model(
+        source, ModelOptions(dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    )
+    return m.eval().requires_grad_(False)
+
+
+def initial_reference(cfg, model, run_dir: Path) -> Reference:
+    """The run's reference: `--ref-model`, or the initial policy (the base model under LoRA), with its
+    namespace read from / written to `run_dir/reference.json`."""
+    info = run_dir / "reference.json"
+    if info.is_file():
+        try:
+            ns = json.loads(info.read_text(encoding="utf-8"))["namespace"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{info}: not a reference record (expected {{'namespace': ...}})") from None
+    else:
+        ns = (
+            policy_namespace(cfg, load_frozen(cfg, cfg.ref_model))
+            if cfg.ref_model
+            else policy_namespace(cfg, model, skip=("lora_",))
+        )
+        write_json(info, {"namespace": ns, "source": cfg.ref_model or cfg.model})
+
+    def make_ref_model():
+        if cfg.lora_r > 0 and not cfg.ref_model:
+            return model, model.disable_adapter  # the base model is the reference
+        return load_frozen(cfg, cfg.ref_model or cfg.model), torch.no_grad
+
+    ref = Reference(cfg, model, ns, make_ref_model)
+    if ref.cache.rejected:
+        print(f"reference cache: {len(ref.cache.rejected)} corrupted shard(s) set aside; recomputing")
+    return ref

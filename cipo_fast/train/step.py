@@ -1,0 +1,172 @@
+"""One optimizer step, shared by every trainer: forward + backward of its samples, a guard against
+non-finite values, clipping, AdamW, and the metrics row it appends to `metrics.jsonl`.
+
+    for each packed micro-batch (token budget; a pair never split):
+        final hidden states -> fused log-prob sums -> loss of its groups -> backward (accumulate)
+    retain sequences: token-mean NLL x retain_weight, packed the same way
+    clip -> finite? -> AdamW
+
+A step's loss is the mean over its samples, whatever the micro-batch split: each micro-batch contributes
+`sum(losses) / samples_in_step`. (TRL averages micro-batch means instead, which weights samples unequally
+when micro-batches differ in size.) A loss or gradient norm that is NaN or infinite stops the run
+(`NonFiniteError`) before the update is applied, so the weights stay those of the last good step.
+Metric names follow TRL where they overlap (`loss`, `logps/chosen`, `rewards/margins`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from cipo_fast.data.formats import Pair, Single
+from cipo_fast.data.packing import pack
+from cipo_fast.model.forward import micro_batch_logps, supports_prefix_sharing
+from cipo_fast.train import losses
+
+
+class NonFiniteError(ValueError):
+    """A step's loss or gradient norm is NaN or infinite; its update was not applied."""
+
+
+@dataclass
+class Policy:
+    """The model being trained and what steps it: its optimizer and the parameters that optimizer owns."""
+
+    model: object
+    optimizer: torch.optim.Optimizer
+    trainable: list
+    autocast: torch.dtype | None = None  # bf16 autocast on CUDA for fp32 weights, else None
+
+
+@dataclass
+class StepStats:
+    """Sums over a step's micro-batches; turned into TRL-named means by `means()`."""
+
+    loss: float = 0.0
+    sums: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    tokens: int = 0
+
+    def add(self, key: str, values: torch.Tensor) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + float(values.detach().float().sum())
+        self.counts[key] = self.counts.get(key, 0) + values.numel()
+
+    def means(self) -> dict:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
+
+
+def groups_of(samples: list[Pair | Single]) -> list[tuple]:
+    return [(s.chosen, s.rejected) if isinstance(s, Pair) else (s.seq,) for s in samples]
+
+
+def accumulate_step(
+    model, groups: list[tuple], retain_seqs: list, ref, cfg, stats: StepStats, autocast=None
+) -> None:
+    """Forward + backward of one optimizer step's samples (gradients accumulate; no optimizer step).
+
+    `groups` are (chosen, rejected) pairs or 1-tuples of sequences; their loss is `cfg.loss`, averaged over
+    the groups. `retain_seqs` add `cfg.retain_weight` x their mean token-level NLL. Micro-batches follow
+    `cfg.token_budget`; each contributes its share, so the gradient does not depend on the split.
+    """
+    kind, loss_fn = losses.get_loss(cfg.loss)
+    params = losses.LossParams(
+        beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma
+    )
+    share = cfg.share_prefix and supports_prefix_sharing(model)
+    for mb in pack(groups, cfg.token_budget, share_prefix=share):
+        logps = micro_batch_logps(model, mb, cfg.backend, autocast)
+        lengths = mb.lengths.to(logps.device, torch.float32)
+        refs = (
+            ref.get([s for gi in mb.groups for s in groups[gi]]).to(logps.device) if ref is not None else None
+        )
+        if kind == "pairwise":
+            c, r = mb.pairs[:, 0].to(logps.device), mb.pairs[:, 1].to(logps.device)
+            x = losses.PairLogps(
+                logps[c],
+                logps[r],
+                refs[c] if refs is not None else None,
+                refs[r] if refs is not None else None,
+                lengths[c],
+                lengths[r],
+            )
+            per, rc, rr = loss_fn(x, params)
+            if (
+                cfg.chosen_nll_weight
+            ):  # RPO (Pang et al., 2024): + alpha * token-mean NLL of the chosen sequence
+                nll = -logps[c] / lengths[c]
+                per = per + cfg.chosen_nll_weight * nll
+                stats.add("loss/chosen_nll", nll)
+            stats.add("logps/chosen", logps[c])
+            stats.add("logps/rejected", logps[r])
+            stats.add("rewards/chosen", rc)
+            stats.add("rewards/rejected", rr)
+            stats.add("rewards/margins", rc - rr)
+            stats.add("rewards/accuracies", (rc > rr).float())
+        else:
+            per = loss_fn(losses.SeqLogps(logps, refs, lengths), params)
+            stats.add("logps/policy", logps)
+            if refs is not None:
+                stats.add("logps/reference", refs)
+        part = per.sum() / len(groups)
+        part.backward()
+        stats.loss += float(part.detach())
+        stats.tokens += mb.seq_tokens
+    for mb in pack([(s,) for s in retain_seqs], cfg.token_budget):
+        logps = micro_batch_logps(model, mb, cfg.backend, autocast)
+        per = -logps / mb.lengths.to(logps.device, torch.float32)  # token-mean NLL per sequence
+        part = cfg.retain_weight * per.sum() / len(retain_seqs)
+        part.backward()
+        stats.loss += float(part.detach())
+        stats.add("loss/retain", per)
+        stats.tokens += mb.seq_tokens
+
+
+def optimizer_step(
+    policy: Policy,
+    groups: list[tuple],
+    retain_seqs: list,
+    ref,
+    cfg,
+    *,
+    step: int,
+    lr: float,
+    position: dict,
+    ref_tokens: int = 0,
+    t0: float | None = None,
+) -> dict:
+    """Train one step (number `step`, 1-based) at `lr`; returns its metrics row.
+
+    `position` says where the step is (`{"epoch": 1.5}`, or `{"round": 2, "epoch": 0.5}` in CiPO) and
+    comes first in the row; `ref_tokens` are the reference forward tokens this step needed; `t0` (a
+    `time.perf_counter()` value) is when the step's work began, if before this call."""
+    t0 = time.perf_counter() if t0 is None else t0
+    for g in policy.optimizer.param_groups:
+        g["lr"] = lr
+    stats = StepStats()
+    with torch.profiler.record_function("cipo_fast.train_step"):  # a marker for bench/profile_step.py
+        accumulate_step(policy.model, groups, retain_seqs, ref, cfg, stats, policy.autocast)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable, cfg.max_grad_norm))
+        if not (math.isfinite(stats.loss) and math.isfinite(grad_norm)):
+            policy.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(
+                f"step {step}: the loss is {stats.loss} and the gradient norm {grad_norm}; a non-finite value "
+                "means the run diverged (lower --lr or --beta, or check the data); this update was not applied"
+            )
+        policy.optimizer.step()
+        policy.optimizer.zero_grad(set_to_none=True)
+    dt = time.perf_counter() - t0
+    return {
+        **position,
+        "step": step,
+        "loss": stats.loss,
+        **stats.means(),
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "tokens": stats.tokens,
+        "tokens_per_s": stats.tokens / dt,
+        "ref_forward_tokens": ref_tokens,
+        "step_time_s": dt,
+    }
