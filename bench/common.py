@@ -10,8 +10,10 @@ Children get a controlled environment: hub access off (`HF_HUB_OFFLINE=1`), and 
 removed, so a Triton kernel that would need a GPU fails the way it does on a plain CPU machine instead of
 running in Triton's interpreter (the test session sets that variable for the kernel tests).
 
-Deliberately not here: anything system-specific. How TRL or cipo-fast is driven lives in the script that
-asks the question.
+Of the trainers, only the settings every benchmark run gives them are here (`cipo_dpo_config`,
+`trl_dpo_config`: DPO, outputs under the run's work directory, no progress bar, seed SEED; TRL on the CPU
+in fp32, logging every step, saving and reporting nothing), so that a script sets nothing but its job. How
+a trainer is timed and what is read back from it live in the script that asks the question.
 """
 
 from __future__ import annotations
@@ -169,6 +171,49 @@ def vm_peak_bytes() -> int:
 def emit(result: dict) -> None:
     """Child side: print the result line the driver looks for."""
     print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the trainers' harness settings (the job is the caller's)
+# ----------------------------------------------------------------------------------------------------
+
+
+def cipo_dpo_config(model_path: str | Path, data: str | Path, workdir: Path, **job):
+    """cipo-fast's `TrainConfig` for DPO on raw-text pairs (`--prompt-format raw`: tokenized as TRL does
+    plain text), run directory `workdir/run`, a fresh reference cache `workdir/refcache`; `job` sets the
+    rest (batch size, steps or epochs, lr, ...)."""
+    from cipo_fast.config import TrainConfig
+
+    return TrainConfig(
+        method="dpo",
+        model=str(model_path),
+        data=str(data),
+        out=str(workdir / "run"),
+        prompt_format="raw",
+        cache_dir=str(workdir / "refcache"),  # fresh per run: nothing reused across systems or points
+        progress=False,
+        overwrite=True,
+        seed=SEED,
+        **job,
+    )
+
+
+def trl_dpo_config(workdir: str | Path, **job):
+    """TRL's `DPOConfig` for fp32 on the CPU, output under `workdir/trl`, a log row per step, nothing
+    saved or reported; `job` sets the rest (batch size, steps or epochs, lr, ...)."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(Path(workdir) / "trl"),
+        use_cpu=True,
+        bf16=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=SEED,
+        **job,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -24,18 +24,8 @@ the reference pass, the step, and for cipo-fast the final save. The fixed part c
 (checkpointed layer inputs + final hidden states) and V x 4 (one fp32 logits row).
 
 The JSON also holds analytic estimates of each loss path's own memory (LM head + log-softmax + gather,
-forward and backward), derived from the code:
-
-* cipo-fast `chunked` (CPU): saved N·d·4 (hidden) + M·12 (lse, index); backward working set
-  2·M·d·4 + N·d·4 (hidden copy, its gradient, scattered back) + c·V·4 (c = tokens per chunk, ~32 MiB) + V·d·4
-  (weight gradient).
-* TRL 1.16 fused head (`trl.kernels.chunked_logprob`, torch fallback on CPU; it scores every position,
-  N' = rows x (S - 1)): saved N'·d·4 + N'·16; backward working set ~9 fp32 tiles of min(N', 4096) x
-  min(V, 32768) (the tile buffer and the temporaries of `_backward_tile`; a direct measurement of
-  `ChunkedLogProbFunction` forward + backward here gave 9.2-10.2 tile sizes at N' = 1024-2048) + N'·d·4 +
-  V·d·4. It grows with tokens x 32768 x 4 bytes x 9 up to 4096 tokens (~4.8 GB), then stays flat.
-* an unfused head (the textbook path; not what TRL 1.16 does): logits, log-softmax and their gradient,
-  3 · N'·V·4.
+forward and backward: cipo-fast's chunked path, TRL 1.16's fused head, an unfused head), derived from the
+code in `loss_path_memory.py`.
 
     python bench/memory_scaling.py                        # SmolLM2-135M, L = 512 ... 16384
     python bench/memory_scaling.py --model DIR --lengths 64,128 --out /tmp/bench --no-readme   # smoke
@@ -61,16 +51,19 @@ from common import (
     GiB,
     ModelShape,
     RssSampler,
+    cipo_dpo_config,
     emit,
     error_summary,
-    gb,
     is_oom,
     machine,
     publish,
     resolve_model,
     run_child,
+    trl_dpo_config,
     vm_peak_bytes,
 )
+from loss_path_memory import LOSS_PATH_FORMULAS, loss_path_row
+from memory_table import plot, table
 
 SYSTEMS = ("cipo-fast", "trl-default")
 PROMPT = "Tell me a very long story about a journey:"
@@ -82,8 +75,6 @@ WORD_SOURCE = (  # common English words; those that are one token with a leading
     "day old great same right still man life world own house small found last never under place while home "
     "city name road river night light water land story king"
 )
-TRL_TILE = (4096, 32768)  # trl.kernels.chunked_logprob: TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE
-TRL_BACKWARD_TILES = 9
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -121,24 +112,10 @@ def synthetic_pair(tok, length: int) -> dict:
 def point_cipo(a: argparse.Namespace) -> dict:
     import torch
 
-    from cipo_fast.config import TrainConfig
     from cipo_fast.trainers.preference import main
 
     work = Path(a.workdir)
-    cfg = TrainConfig(
-        method="dpo",
-        model=a.model_path,
-        data=a.data,
-        out=str(work / "run"),
-        batch_size=1,
-        max_steps=1,
-        max_length=a.max_length,
-        prompt_format="raw",
-        cache_dir=str(work / "refcache"),
-        progress=False,
-        overwrite=True,
-        seed=SEED,
-    )
+    cfg = cipo_dpo_config(a.model_path, a.data, work, batch_size=1, max_steps=1, max_length=a.max_length)
     summary = main(cfg)
     metrics = work / "run" / "metrics.jsonl"
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
@@ -164,7 +141,7 @@ def point_trl(a: argparse.Namespace) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -178,19 +155,7 @@ def point_trl(a: argparse.Namespace) -> dict:
             self.end = time.time()
 
     timer = StepTimer()
-    cfg = DPOConfig(
-        output_dir=str(Path(a.workdir) / "trl"),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=1,
-        max_steps=1,
-        max_length=None,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=SEED,
-    )
+    cfg = trl_dpo_config(a.workdir, per_device_train_batch_size=1, max_steps=1, max_length=None)
     pair = json.loads(Path(a.data).read_text())
     trainer = DPOTrainer(
         model=a.model_path,
@@ -216,34 +181,8 @@ def point_trl(a: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
-# analytic loss-path estimates
+# driver
 # ----------------------------------------------------------------------------------------------------
-
-
-def loss_path_bytes(shape: ModelShape, prompt: int, length: int) -> dict:
-    from cipo_fast.ops.logprobs import default_chunk_size
-
-    d, v = shape.d, shape.vocab
-    n = 2 * (prompt + length)  # tokens forwarded (both rows)
-    m = 2 * length  # completion tokens scored (EOS included)
-    c = default_chunk_size(v)
-    cipo_saved = n * d * 4 + m * 12
-    cipo_work = 2 * m * d * 4 + n * d * 4 + min(c, m) * v * 4 + v * d * 4
-    n_trl = 2 * (prompt + length - 1)  # every position of both rows is scored on CPU
-    tile = min(n_trl, TRL_TILE[0]) * min(v, TRL_TILE[1]) * 4
-    trl_saved = n_trl * d * 4 + n_trl * 16
-    trl_work = TRL_BACKWARD_TILES * tile + n_trl * d * 4 + v * d * 4
-    return {
-        "tokens": n,
-        "cipo_fast": {"saved": cipo_saved, "working": cipo_work, "total": cipo_saved + cipo_work, "chunk": c},
-        "trl_fused_head": {
-            "saved": trl_saved,
-            "working": trl_work,
-            "total": trl_saved + trl_work,
-            "tile": tile,
-        },
-        "unfused_logits": 3 * n_trl * v * 4,
-    }
 
 
 def fit(points: list[tuple[int, int]]) -> dict | None:
@@ -260,11 +199,6 @@ def fit(points: list[tuple[int, int]]) -> dict | None:
         "intercept_bytes": my - slope * mx,
         "last_two_slope": (y2 - y1) / (x2 - x1),
     }
-
-
-# ----------------------------------------------------------------------------------------------------
-# driver
-# ----------------------------------------------------------------------------------------------------
 
 
 def failure_status(status: str, wall_s: float | None, timeout_s: float | None) -> str:
@@ -392,13 +326,7 @@ def measure(a: argparse.Namespace) -> int:
             "checkpointed_activations_d_x_4_x_(layers+1)": shape.d * 4 * (shape.layers + 1),
             "logits_row_V_x_4": shape.vocab * 4,
         },
-        "loss_path_formulas": {
-            "cipo_fast": "saved N*d*4 + M*12; working 2*M*d*4 + N*d*4 + c*V*4 + V*d*4 "
-            "(N tokens, M scored completion tokens, c tokens per chunk)",
-            "trl_fused_head": f"saved N'*d*4 + N'*16; working {TRL_BACKWARD_TILES} * min(N',{TRL_TILE[0]}) * "
-            f"min(V,{TRL_TILE[1]}) * 4 + N'*d*4 + V*d*4 (N' = 2*(S-1) scored positions)",
-            "unfused_logits": "3 * N' * V * 4 (logits, log-softmax, gradient)",
-        },
+        "loss_path_formulas": LOSS_PATH_FORMULAS,
         "fits": fits,
         "first_oom_length": first_oom,
         "first_timeout_length": first_timeout,
@@ -412,120 +340,6 @@ def measure(a: argparse.Namespace) -> int:
     shutil.rmtree(work, ignore_errors=True)
     publish("bench-memory", table(report, systems), a.readme)
     return 0
-
-
-def loss_path_row(shape: ModelShape, prompt_tokens: int, length: int) -> dict:
-    est = loss_path_bytes(shape, prompt_tokens, length)
-    return {"loss_path_estimate_bytes": {k: v for k, v in est.items() if k != "tokens"}}
-
-
-def table(report: dict, systems: list[str]) -> str:
-    s = report["shape"]
-    lines = [
-        f"One DPO step (1 pair, batch 1) on {report['model']} (d = {s['d']}, {s['layers']} layers, "
-        f"V = {s['vocab']}), fp32; L completion tokens per side + a {report['prompt_tokens']}-token prompt; "
-        f"peak RSS of a fresh process capped at {report['mem_limit_gib']:g} GiB.",
-        "",
-        "| L per side | tokens in step | "
-        + " | ".join(f"{n} peak (GB) | {n} step (s)" for n in systems)
-        + " | TRL ÷ cipo-fast memory | loss-path estimate: cipo-fast / TRL fused head / unfused (GB) |",
-        "|" + "---:|" * (3 + 2 * len(systems)) + "---|",
-    ]
-    for r in report["rows"]:
-        cells = []
-        for n in systems:
-            p = r[n]
-            if p["status"] == "ok":
-                cells += [gb(p["peak_rss_bytes"]), f"{p['step_time_s']:.1f}"]
-            else:
-                cells += [p["status"], "–"]
-        both = all(r[n]["status"] == "ok" for n in ("cipo-fast", "trl-default") if n in systems)
-        rat = (
-            f"{r['trl-default']['peak_rss_bytes'] / r['cipo-fast']['peak_rss_bytes']:.2f}×"
-            if both and {"cipo-fast", "trl-default"} <= set(systems)
-            else "–"
-        )
-        e = r["loss_path_estimate_bytes"]
-        est = (
-            f"{gb(e['cipo_fast']['total'])} / {gb(e['trl_fused_head']['total'])} / {gb(e['unfused_logits'])}"
-        )
-        lines.append(f"| {r['length']} | {r['tokens']} | {' | '.join(cells)} | {rat} | {est} |")
-    ref = report["reference_bytes_per_token"]
-    notes = []
-    for n, f in report["fits"].items():
-        if f:
-            notes.append(
-                f"{n}: {f['slope_bytes_per_token'] / 1e3:.1f} kB/token (last two points "
-                f"{f['last_two_slope'] / 1e3:.1f}) = {f['vs_hidden_row']:.0f} × d·4, "
-                f"{f['vs_checkpointed_activations']:.2f} × d·4·(layers+1), {f['vs_logits_row']:.2f} × V·4"
-            )
-    if notes:
-        lines += [
-            "",
-            f"Fitted peak-memory slope (d·4 = {ref['hidden_row_d_x_4']} B, d·4·(layers+1) = "
-            f"{ref['checkpointed_activations_d_x_4_x_(layers+1)']} B, V·4 = {ref['logits_row_V_x_4']} B per "
-            f"token): {'; '.join(notes)}.",
-        ]
-    oom = report["first_oom_length"]
-    lines += [
-        "",
-        "Out of memory: "
-        + ", ".join(
-            f"{n} first at L = {v}"
-            if v
-            else f"{n} not reached: killed at L = {t} after the {report['timeout_s']:g} s limit per point"
-            if (t := report.get("first_timeout_length", {}).get(n))
-            else f"{n} none up to L = {report['rows'][-1]['length']}"
-            for n, v in oom.items()
-        )
-        + f". The {report['mem_limit_gib']:g} GiB cap is on address space, which exceeds the peak RSS by "
-        + ", ".join(f"{gb(v)} GB ({n})" for n, v in report["address_space_minus_rss_bytes"].items())
-        + " (median over the points; library reservations), so that much less RSS is available.",
-    ]
-    return "\n".join(lines)
-
-
-def plot(report: dict, systems: list[str], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.subplots()
-    limit = report["mem_limit_gib"] * GiB / 1e9
-    for name, marker in zip(systems, "os^"):
-        ok = [
-            (r["length"], r[name]["peak_rss_bytes"] / 1e9)
-            for r in report["rows"]
-            if r[name]["status"] == "ok"
-        ]
-        if ok:
-            ax.plot(*zip(*ok), marker=marker, label=name)
-        oom = [r["length"] for r in report["rows"] if r[name]["status"] == "OOM"]
-        if oom:
-            ax.plot(oom, [limit] * len(oom), "x", color="red", markersize=10, label=f"{name}: OOM")
-        for k, length in enumerate(r["length"] for r in report["rows"] if r[name]["status"] == "timeout"):
-            ax.axvline(  # no memory value: the point was killed by the time limit
-                length,
-                linestyle=":",
-                color=ax.lines[-1].get_color() if ok else "grey",
-                label=f"{name}: killed at {report['timeout_s']:g} s (no value)" if k == 0 else None,
-            )
-    ax.axhline(
-        limit,
-        linestyle="--",
-        color="grey",
-        linewidth=0.8,
-        label=f"address-space cap ({report['mem_limit_gib']:g} GiB)",
-    )
-    ax.set_xscale("log", base=2)
-    lengths = [r["length"] for r in report["rows"]]
-    ax.set_xticks(lengths, labels=[str(n) for n in lengths])
-    ax.minorticks_off()
-    ax.set_xlabel("completion tokens per side (L)")
-    ax.set_ylabel("peak RSS of the process (GB)")
-    ax.set_title(f"One DPO step, {report['model']}, fp32, CPU")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.savefig(path, dpi=120)
 
 
 def main(argv=None) -> int:

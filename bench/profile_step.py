@@ -27,7 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import OUT, SEED, ModelShape, gemm_rate, machine, publish, resolve_model
+from common import OUT, ModelShape, cipo_dpo_config, gemm_rate, machine, publish, resolve_model
+from rtofu import rtofu_pairs
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
 MOVE_OPS = (
@@ -115,11 +116,9 @@ def categorize(event) -> str | None:
 
 def profile(a: argparse.Namespace) -> dict:
     import torch
-    from throughput import rtofu_pairs
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from cipo_fast.config import TrainConfig
     from cipo_fast.trainers.preference import main as train
 
     work = Path(tempfile.mkdtemp(prefix="cipo-profile-"))
@@ -127,22 +126,8 @@ def profile(a: argparse.Namespace) -> dict:
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in rtofu_pairs(a.pairs)))
     over = {} if a.checkpoint_every is None else {"checkpoint_every": a.checkpoint_every}
-    cfg = TrainConfig(
-        method="dpo",
-        model=str(model_path),
-        data=str(data),
-        out=str(work / "run"),
-        batch_size=a.batch,
-        max_steps=a.steps,
-        epochs=10,
-        lr=1e-6,
-        prompt_format="raw",
-        cache_dir=str(work / "refcache"),
-        progress=False,
-        overwrite=True,
-        seed=SEED,
-        **over,
-    )
+    job = dict(batch_size=a.batch, max_steps=a.steps, epochs=10, lr=1e-6)
+    cfg = cipo_dpo_config(model_path, data, work, **job, **over)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         train(cfg)
     steps = sorted(

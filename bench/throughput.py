@@ -70,21 +70,21 @@ from common import (  # noqa: E402
     FLOPS_FORMULA,
     OUT,
     SEED,
-    SHARED_DATA,
     ModelShape,
     RssSampler,
+    cipo_dpo_config,
     emit,
     error_summary,
     flops_per_token,
-    gb,
     gemm_rate,
     machine,
     publish,
     resolve_model,
     run_child,
+    trl_dpo_config,
 )
-
-CHOSEN_TAIL = "I'm not sure about this author."
+from rtofu import rtofu_pairs, tokenization_check  # noqa: E402
+from throughput_table import table  # noqa: E402
 
 # name -> (trainer, settings that differ from that trainer's defaults beyond the job itself)
 SYSTEMS: dict[str, tuple[str, dict]] = {
@@ -98,52 +98,8 @@ BASELINE = "cipo-fast"
 
 
 # ----------------------------------------------------------------------------------------------------
-# data
+# data (the pairs and the tokenization check: rtofu.py)
 # ----------------------------------------------------------------------------------------------------
-
-
-def rtofu_pairs(n: int) -> list[dict]:
-    """R-TOFU forget01 as preference pairs: prompt = question, chosen = IDK CoT + a refusal,
-    rejected = the original CoT + answer."""
-    forget, idk = SHARED_DATA / "rtofu" / "forget01.json", SHARED_DATA / "rtofu" / "idkcot.jsonl"
-    if not (forget.is_file() and idk.is_file()):
-        raise SystemExit(
-            f"bench/throughput.py needs R-TOFU in {SHARED_DATA / 'rtofu'} (forget01.json, idkcot.jsonl); "
-            "it is not part of the project. Point ../shared/data at a copy and run again."
-        )
-    items = [json.loads(line) for line in forget.read_text().splitlines() if line.strip()]
-    idk_cots = [json.loads(line) for line in idk.read_text().splitlines() if line.strip()]
-    if n > min(len(items), len(idk_cots)):
-        raise SystemExit(f"--pairs {n}: R-TOFU forget01 has only {min(len(items), len(idk_cots))} items")
-    return [
-        {
-            "prompt": it["question"],
-            "chosen": f"{idk_cots[i]}\n\n{CHOSEN_TAIL}",
-            "rejected": f"{it['cot']}\n\n{it['answer']}",
-        }
-        for i, it in enumerate(items[:n])
-    ]
-
-
-def tokenization_check(pairs: list[dict], model_path: Path) -> dict:
-    """Tokenize each side the TRL way and the cipo-fast way; they must give the same ids and prompt boundary.
-
-    TRL (plain text): prompt_ids = tok(prompt); ids = tok(prompt + completion + eos_token); the completion
-    starts at the common prefix. cipo-fast (raw): tok(prompt) + tok(completion, no special tokens) + [eos].
-    """
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    mismatches, lengths = [], []
-    for i, p in enumerate(pairs):
-        prompt_ids = tok(p["prompt"])["input_ids"]
-        for side in ("chosen", "rejected"):
-            trl_ids = tok(p["prompt"] + p[side] + tok.eos_token)["input_ids"]
-            ours = prompt_ids + tok(p[side], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            if trl_ids != ours:
-                mismatches.append(f"pair {i} {side}")
-            lengths.append(len(ours))
-    return {"identical": not mismatches, "mismatches": mismatches, "sequence_lengths": lengths}
 
 
 def cipo_micro_batches(
@@ -171,7 +127,7 @@ def run_trl(name: str, overrides: dict, a: argparse.Namespace) -> dict:
     t = time.perf_counter()
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     import_s = time.perf_counter() - t
 
@@ -189,20 +145,13 @@ def run_trl(name: str, overrides: dict, a: argparse.Namespace) -> dict:
 
     pairs = [json.loads(line) for line in Path(a.data).read_text().splitlines() if line.strip()]
     t_setup = time.time()
-    cfg = DPOConfig(
-        output_dir=str(Path(a.workdir) / "trl"),
-        use_cpu=True,
-        bf16=False,
+    cfg = trl_dpo_config(
+        a.workdir,
         per_device_train_batch_size=a.batch,
         gradient_accumulation_steps=1,
         num_train_epochs=a.epochs,
         learning_rate=a.lr,
         lr_scheduler_type="linear",
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=SEED,
         **overrides,
     )
     timer = StepTimer()
@@ -247,28 +196,12 @@ def run_cipo(name: str, overrides: dict, a: argparse.Namespace) -> dict:
     t = time.perf_counter()
     import torch
 
-    from cipo_fast.config import TrainConfig
     from cipo_fast.trainers.preference import main
 
     import_s = time.perf_counter() - t
     work = Path(a.workdir)
-    cfg = TrainConfig(
-        method="dpo",
-        model=a.model_path,
-        data=a.data,
-        out=str(work / "run"),
-        batch_size=a.batch,
-        epochs=a.epochs,
-        lr=a.lr,
-        scheduler="linear",
-        warmup_ratio=0.0,
-        prompt_format="raw",
-        cache_dir=str(work / "refcache"),  # fresh per run: nothing reused across systems
-        progress=False,
-        overwrite=True,
-        seed=SEED,
-        **overrides,
-    )
+    job = dict(batch_size=a.batch, epochs=a.epochs, lr=a.lr, scheduler="linear", warmup_ratio=0.0)
+    cfg = cipo_dpo_config(a.model_path, a.data, work, **job, **overrides)
     t_setup = time.time()
     summary = main(cfg)
     t_done = time.time()
@@ -431,7 +364,7 @@ def measure(a: argparse.Namespace) -> int:
     }
     (out / "throughput.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(work, ignore_errors=True)
-    publish("bench-throughput", table(report), a.readme)
+    publish("bench-throughput", table(report, SYSTEMS, BASELINE), a.readme)
     return 0
 
 
@@ -452,80 +385,6 @@ def compare(results: dict, gemm: dict, flop_tok: float) -> None:
             r["cipo_fast_memory_ratio"] = base["peak_rss_bytes"] / r["peak_rss_bytes"]
             r["final_loss_diff_vs_cipo_fast"] = r["final_loss"] - base["final_loss"]
             r["same_tokens_per_step_as_cipo_fast"] = r["tokens_per_step"] == base["tokens_per_step"]
-
-
-def table(report: dict) -> str:
-    job, gemm, systems = report["job"], report["gemm"], report["systems"]
-    m = report["machine"]
-    lines = [
-        f"DPO on {job['model']} ({job['params'] / 1e6:.1f}M params, fp32): {job['pairs']} R-TOFU pairs "
-        f"({job['sequence_tokens']['min']}–{job['sequence_tokens']['max']} tokens per side), "
-        f"{job['batch_pairs']} pair(s) per step, {job['optimizer_steps']} steps, lr {job['lr']:g} linear, fused "
-        f"AdamW; {m['cores']} cores ({m['cpu']}), torch {m['torch']}, trl {m['trl']}. Tokens are real "
-        "(non-padding) tokens, prompt counted in both rows; tokens/s is the median over steps 2+; end to end "
-        "includes imports, model load(s) and the reference pass; memory is the process's peak RSS.",
-        "",
-        "| system | settings | tokens/step | s/step | tokens/s | end-to-end s (tokens/s) | peak RSS (GB) "
-        "| final loss | cipo-fast speed-up | cipo-fast memory ÷ this |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in systems.items():
-        if "error" in r:
-            lines.append(f"| {name} | {describe(name, r)} | failed: `{r['error']}` | | | | | | | |")
-            continue
-        lines.append(
-            f"| {name} | {describe(name, r)} | {r['tokens_per_step_mean']:.0f} | {r['step_time_median_s']:.2f} "
-            f"| {r['tokens_per_s_median']:.0f} | {r['e2e_s']:.1f} ({r['e2e_tokens_per_s']:.0f}) "
-            f"| {gb(r['peak_rss_bytes'])} | {r['final_loss']:.6f} | {ratio(r, 'cipo_fast_speedup')} "
-            f"| {ratio(r, 'cipo_fast_memory_ratio')} |"
-        )
-    base = systems.get(BASELINE, {})
-    if "efficiency_vs_gemm" in base:
-        lines += [
-            "",
-            f"Efficiency: this CPU's fp32 GEMM rate at the model's matmul shapes (M = {gemm['m_tokens']} tokens, "
-            f"forward / input-gradient / weight-gradient, FLOP-weighted median) is "
-            f"{gemm['flop_weighted_median_gflop_per_s']:.0f} GFLOP/s. cipo-fast trains at "
-            f"{base['model_gflop_per_s']:.1f} model GFLOP/s ({report['flops']['per_token'] / 1e9:.3f} GFLOP per "
-            f"token × {base['tokens_per_s_median']:.0f} tokens/s) = **{100 * base['efficiency_vs_gemm']:.0f}%** "
-            f"of it. FLOPs per token = 6·P + 12·n_layers·(n_heads·head_dim)·c̄ (c̄ = mean causal context, "
-            f"{report['flops']['mean_causal_context']:.0f} here); recomputation under activation checkpointing "
-            "and the reference forward are not counted.",
-        ]
-    agree = [
-        f"{n}: {r['final_loss_diff_vs_cipo_fast']:+.1e}"
-        for n, r in systems.items()
-        if "final_loss_diff_vs_cipo_fast" in r and n != BASELINE
-    ]
-    if agree:
-        same = all(
-            r.get("same_tokens_per_step_as_cipo_fast", True) for r in systems.values() if "error" not in r
-        )
-        lines += [
-            "",
-            f"Same job: final-loss difference to cipo-fast {', '.join(agree)}; tokens per step "
-            f"{'identical on every step' if same else 'DIFFER (different batches)'}; tokenization "
-            f"{'identical' if job['tokenization']['identical'] else 'DIFFERS'} on every sequence.",
-        ]
-    return "\n".join(lines)
-
-
-def describe(name: str, r: dict) -> str:
-    s = r.get("settings", {})
-    if name.startswith("cipo-fast"):
-        ce = s.get("checkpoint_every", SYSTEMS[name][1].get("checkpoint_every", 1))
-        ckpt = "no activation checkpointing" if ce == 0 else f"checkpointing every {ce} layer(s)"
-        shared = ", common prompt prefix once" if s.get("share_prefix") else ""
-        return f"packed{shared}, token budget {s.get('token_budget', 4096)}, {ckpt}, reference precomputed"
-    return {
-        "trl-default": "defaults: gradient checkpointing, reference model run every step, padded",
-        "trl-precompute-nogc": "precompute_ref_log_probs, no gradient checkpointing",
-        "trl-liger": "use_liger_kernel",
-    }[name]
-
-
-def ratio(r: dict, key: str) -> str:
-    return f"{r[key]:.2f}×" if key in r else "–"
 
 
 def main(argv=None) -> int:

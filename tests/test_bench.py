@@ -123,7 +123,13 @@ def load_bench(name: str):
     sys.modules.setdefault("common", sys.modules["bench_common"])  # the scripts import it as `common`
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # the scripts import their siblings (`memory_table`, ...) by plain name, as when run from bench/; only
+    # while loading, so that bench/kernels.py cannot shadow a `kernels` package for the rest of the session
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
     return module
 
 
@@ -176,5 +182,5 @@ def test_memory_scaling_timeouts_and_reused_points(tmp_path):
     row = {"length": 64, "cipo-fast": {"status": "ok", "peak_rss_bytes": 2e9}}
     killed = {"length": 128, "cipo-fast": {"status": "timeout", "peak_rss_bytes": None}}
     report = {"mem_limit_gib": 22, "timeout_s": 600, "model": "tiny", "rows": [row, killed]}
-    ms.plot(report, ["cipo-fast"], tmp_path / "plot.png")
+    load_bench("memory_table").plot(report, ["cipo-fast"], tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
