@@ -10,7 +10,7 @@ metrics such as ROUGE-L; the HTML page has those.
 
 from __future__ import annotations
 
-from cipo_fast.eval.report.summary import ACCURACY_SETS, _accuracy, _arrow, _metric, _pct, _strategy_names
+from cipo_fast.eval.report.summary import ACCURACY_SETS, accuracy_of, arrow, metric_of, pct, strategy_names
 
 
 def _text_table(rows: list[list[str]]) -> str:
@@ -22,13 +22,13 @@ def _text_table(rows: list[list[str]]) -> str:
 
 def console_table(summary: dict, before: dict | None = None) -> str:
     """Plain-text summary for the terminal: a row per strategy, then the headline numbers."""
-    cell = (lambda b, a: _arrow(b, a)) if before is not None else (lambda b, a: _pct(a))
+    cell = (lambda b, a: arrow(b, a)) if before is not None else (lambda b, a: pct(a))
     rows = [["strategy", "CoT leak", "answer leak", "any leak"]]
-    for n in _strategy_names(summary, before):
+    for n in strategy_names(summary, before):
         rows.append(
             [n]
             + [
-                cell(_metric(before, n, k), _metric(summary, n, k))
+                cell(metric_of(before, n, k), metric_of(summary, n, k))
                 for k in ("leak_cot", "leak_answer", "leak_any")
             ]
         )
@@ -37,11 +37,11 @@ def console_table(summary: dict, before: dict | None = None) -> str:
         ("MCS", lambda s: (s or {}).get("mcs")),
         ("forget efficacy", lambda s: (s or {}).get("forget_efficacy")),
         ("model utility", lambda s: (s or {}).get("model_utility")),
-        ("retain accuracy", lambda s: _accuracy(s, "retain")),
-        ("utility accuracy", lambda s: _accuracy(s, "utility")),
+        ("retain accuracy", lambda s: accuracy_of(s, "retain")),
+        ("utility accuracy", lambda s: accuracy_of(s, "utility")),
     ]
     scalars += [
-        (f"{label} accuracy", lambda s, k=k: _accuracy(s, k))
+        (f"{label} accuracy", lambda s, k=k: accuracy_of(s, k))
         for k, label in ACCURACY_SETS[2:]
         if k in summary or k in (before or {})
     ]

@@ -29,17 +29,17 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
 from cipo_fast.eval.report.summary import (
-    _accuracy,
-    _accuracy_sets,
-    _arrow,
-    _label,
-    _metric,
-    _model_name,
-    _num,
-    _pct,
-    _short,
-    _strategies,
-    _strategy_names,
+    accuracy_of,
+    accuracy_sets,
+    arrow,
+    label_of,
+    metric_of,
+    model_name,
+    num_or_none,
+    pct,
+    shorten,
+    strategy_names,
+    strategy_table,
 )
 
 # Okabe-Ito
@@ -72,7 +72,7 @@ def _bars(ax, xs, values, width, *, face, edge, gids, hatch=None, digits=1, font
             _na_band(ax, x, width, f"na:{gid}")
             continue
         ax.bar(x, v, width, color=face, edgecolor=edge, linewidth=0.8, hatch=hatch, gid=gid)
-        ax.text(x, v + 0.015, _pct(v, digits), ha="center", va="bottom", fontsize=fontsize)
+        ax.text(x, v + 0.015, pct(v, digits), ha="center", va="bottom", fontsize=fontsize)
 
 
 def _x_axis(ax, n: int) -> None:
@@ -92,19 +92,19 @@ def _percent_axis(ax, ylabel: str) -> None:
 
 
 def _tick_label(name: str, summary: dict | None) -> str:
-    samples = _num(((summary or {}).get("strategies") or {}).get(name, {}).get("samples"))
+    samples = num_or_none(((summary or {}).get("strategies") or {}).get(name, {}).get("samples"))
     return f"{name}\n×{int(samples)} samples" if samples and samples > 1 else name
 
 
 def leakage_figure(summary: dict) -> Figure:
     """Grouped bars: CoT and answer leak rate per strategy (gids `cot:<name>`, `answer:<name>`)."""
-    names = list(_strategies(summary))
+    names = list(strategy_table(summary))
     fig = _new_figure(9, 4.8)
     ax = fig.add_subplot()
     w = 0.38
     xs = list(range(len(names)))
     for off, part in ((-w / 2, "cot"), (w / 2, "answer")):
-        values = [_metric(summary, n, f"leak_{part}") for n in names]
+        values = [metric_of(summary, n, f"leak_{part}") for n in names]
         color = PART_COLORS[part]
         _bars(
             ax, [x + off for x in xs], values, w, face=color, edge=color, gids=[f"{part}:{n}" for n in names]
@@ -113,20 +113,20 @@ def leakage_figure(summary: dict) -> Figure:
     _x_axis(ax, len(names))
     ax.set_xlabel("decoding strategy")
     _percent_axis(ax, "forget items leaking (%)")
-    n_items = {_num(m.get("n_items")) for m in summary["strategies"].values()} - {None}
+    n_items = {num_or_none(m.get("n_items")) for m in summary["strategies"].values()} - {None}
     sub = [
         f"n = {int(next(iter(n_items)))} forget items" if len(n_items) == 1 else None,
-        f"MCS {_pct(summary.get('mcs'))} (items leaking under no strategy)",
+        f"MCS {pct(summary.get('mcs'))} (items leaking under no strategy)",
         "lower is better",
     ]
     fig.suptitle(
-        f"Target-knowledge leakage by decoding strategy: {_short(_model_name(summary))}",
+        f"Target-knowledge leakage by decoding strategy: {shorten(model_name(summary))}",
         fontsize=12,
         fontweight="bold",
     )
     ax.set_title(" · ".join(s for s in sub if s), fontsize=9, color="#444444")
     handles = [Patch(color=BLUE, label="CoT leak"), Patch(color=ORANGE, label="answer leak")]
-    if any(_metric(summary, n, f"leak_{p}") is None for n in names for p in PART_COLORS):
+    if any(metric_of(summary, n, f"leak_{p}") is None for n in names for p in PART_COLORS):
         handles.append(
             Patch(facecolor="none", edgecolor="#BBBBBB", hatch="xx", label="n/a (CoT fixed by prompt)")
         )
@@ -136,13 +136,17 @@ def leakage_figure(summary: dict) -> Figure:
 
 def _dumbbell_rows(before: dict, after: dict) -> list[tuple[str, float | None, float | None]]:
     rows = [
-        ("MCS (no leak anywhere)", _num(before.get("mcs")), _num(after.get("mcs"))),
-        ("forget efficacy", _num(before.get("forget_efficacy")), _num(after.get("forget_efficacy"))),
-        ("model utility", _num(before.get("model_utility")), _num(after.get("model_utility"))),
+        ("MCS (no leak anywhere)", num_or_none(before.get("mcs")), num_or_none(after.get("mcs"))),
+        (
+            "forget efficacy",
+            num_or_none(before.get("forget_efficacy")),
+            num_or_none(after.get("forget_efficacy")),
+        ),
+        ("model utility", num_or_none(before.get("model_utility")), num_or_none(after.get("model_utility"))),
     ]
     rows += [
-        (f"{label} accuracy", _accuracy(before, k), _accuracy(after, k))
-        for k, label in _accuracy_sets(after, before)
+        (f"{label} accuracy", accuracy_of(before, k), accuracy_of(after, k))
+        for k, label in accuracy_sets(after, before)
     ]
     return [r for r in rows if r[1] is not None or r[2] is not None]
 
@@ -150,7 +154,7 @@ def _dumbbell_rows(before: dict, after: dict) -> list[tuple[str, float | None, f
 def comparison_figure(before: dict, after: dict) -> Figure:
     """Before vs after: CoT and answer leak per strategy (gids `before:cot:<name>`, `after:answer:<name>`),
     and a dumbbell of MCS / forget efficacy / model utility / accuracies (higher is better)."""
-    names = _strategy_names(after, before)
+    names = strategy_names(after, before)
     rows = _dumbbell_rows(before, after)
     fig = _new_figure(10, 7.6 if rows else 4.6)
     grid = fig.add_gridspec(
@@ -158,12 +162,12 @@ def comparison_figure(before: dict, after: dict) -> Figure:
     )
     w = 0.38
     xs = list(range(len(names)))
-    b_label, a_label = _label(before, "before"), _label(after, "after")
+    b_label, a_label = label_of(before, "before"), label_of(after, "after")
     for col, part, title in ((0, "cot", "CoT leak"), (1, "answer", "answer leak")):
         ax = fig.add_subplot(grid[0, col])
         color = PART_COLORS[part]
         values = {
-            who: [_metric(s, n, f"leak_{part}") for n in names]
+            who: [metric_of(s, n, f"leak_{part}") for n in names]
             for who, s in (("before", before), ("after", after))
         }
         keep = [i for i in xs if values["before"][i] is not None or values["after"][i] is not None]
@@ -219,7 +223,7 @@ def comparison_figure(before: dict, after: dict) -> Figure:
                 ax.plot([b], [y], "o", ms=9, mfc="white", mec=GREY, mew=1.8)
             if a is not None:
                 ax.plot([a], [y], "o", ms=9, color=GREEN)
-            ax.text(1.03, y, _arrow(b, a), va="center", fontsize=9, transform=ax.get_yaxis_transform())
+            ax.text(1.03, y, arrow(b, a), va="center", fontsize=9, transform=ax.get_yaxis_transform())
         ax.set_yticks(ys, [r[0] for r in rows], fontsize=9)
         ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set_xlim(-0.02, 1.02)
@@ -239,7 +243,7 @@ def comparison_figure(before: dict, after: dict) -> Figure:
             frameon=False,
         )
     fig.suptitle(
-        f"Before vs after unlearning: {_short(_model_name(before), 36)} → {_short(_model_name(after), 36)}",
+        f"Before vs after unlearning: {shorten(model_name(before), 36)} → {shorten(model_name(after), 36)}",
         fontsize=12,
         fontweight="bold",
     )
@@ -248,10 +252,10 @@ def comparison_figure(before: dict, after: dict) -> Figure:
 
 def utility_figure(summary: dict, before: dict | None = None) -> Figure:
     """Accuracy per retain-like set (gids `after:<set>`, `before:<set>`); a note when none was evaluated."""
-    sets = _accuracy_sets(summary, before)
+    sets = accuracy_sets(summary, before)
     fig = _new_figure(8, 3.8)
     ax = fig.add_subplot()
-    fig.suptitle(f"Kept abilities: {_short(_model_name(summary))}", fontsize=12, fontweight="bold")
+    fig.suptitle(f"Kept abilities: {shorten(model_name(summary))}", fontsize=12, fontweight="bold")
     if not sets:
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no retain / utility set was evaluated", ha="center", va="center", color="#666666")
@@ -263,12 +267,12 @@ def utility_figure(summary: dict, before: dict | None = None) -> Figure:
     w = 0.7 / len(series)
     for i, (who, summ, face, hatch) in enumerate(series):
         off = (i - (len(series) - 1) / 2) * w
-        values = [_accuracy(summ, k) for k, _ in sets]
+        values = [accuracy_of(summ, k) for k, _ in sets]
         gids = [f"{who}:{k}" for k, _ in sets]
         _bars(ax, [x + off for x in xs], values, w, face=face, edge=GREEN, hatch=hatch, gids=gids)
 
     def tick(k: str, label: str) -> str:
-        n = _num(((summary.get(k) or (before or {}).get(k)) or {}).get("n_items"))
+        n = num_or_none(((summary.get(k) or (before or {}).get(k)) or {}).get("n_items"))
         return f"{label}\n(n = {int(n)})" if n is not None else label
 
     ax.set_xticks(xs, [tick(k, label) for k, label in sets])
@@ -278,8 +282,10 @@ def utility_figure(summary: dict, before: dict | None = None) -> Figure:
     if before is not None:
         ax.legend(
             handles=[
-                Patch(facecolor=_light(GREEN), edgecolor=GREEN, hatch="///", label=_label(before, "before")),
-                Patch(color=GREEN, label=_label(summary, "after")),
+                Patch(
+                    facecolor=_light(GREEN), edgecolor=GREEN, hatch="///", label=label_of(before, "before")
+                ),
+                Patch(color=GREEN, label=label_of(summary, "after")),
             ],
             loc="upper left",
             bbox_to_anchor=(1.0, 1.0),

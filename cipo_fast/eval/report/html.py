@@ -24,16 +24,16 @@ from cipo_fast.data.io import atomic_write, write_text
 from cipo_fast.eval.report.figures import comparison_figure, leakage_figure, png_bytes, utility_figure
 from cipo_fast.eval.report.summary import (
     DASH,
-    _accuracy,
-    _accuracy_sets,
-    _arrow,
-    _label,
-    _metric,
-    _model_name,
-    _num,
-    _pct,
-    _strategies,
-    _strategy_names,
+    accuracy_of,
+    accuracy_sets,
+    arrow,
+    label_of,
+    metric_of,
+    model_name,
+    num_or_none,
+    pct,
+    strategy_names,
+    strategy_table,
 )
 
 MAX_LEAK_ROWS = 20
@@ -85,7 +85,7 @@ def _html_table(header: list[str], rows: list[list[str]], num_from: int = 1) -> 
 
 
 def _delta(before, after) -> str:
-    b, a = _num(before), _num(after)
+    b, a = num_or_none(before), num_or_none(after)
     return DASH if a is None or b is None else f"{100 * (a - b):+.1f} pp"
 
 
@@ -95,45 +95,45 @@ def _headline_html(summary: dict, before: dict | None) -> str:
         ("forget efficacy", lambda s: (s or {}).get("forget_efficacy")),
         ("model utility", lambda s: (s or {}).get("model_utility")),
     ]
-    for k, label in _accuracy_sets(summary, before):
-        rows.append((f"{label} accuracy", lambda s, k=k: _accuracy(s, k)))
+    for k, label in accuracy_sets(summary, before):
+        rows.append((f"{label} accuracy", lambda s, k=k: accuracy_of(s, k)))
         if k == "retain":
             rows.append(
                 ("retain ROUGE-L answer", lambda s: ((s or {}).get("retain") or {}).get("rouge_answer"))
             )
     if before is None:
         return _html_table(
-            ["metric", _label(summary, "value")], [[_e(n), _e(_pct(get(summary)))] for n, get in rows]
+            ["metric", label_of(summary, "value")], [[_e(n), _e(pct(get(summary)))] for n, get in rows]
         )
     return _html_table(
-        ["metric", _label(before, "before"), _label(summary, "after"), "change"],
+        ["metric", label_of(before, "before"), label_of(summary, "after"), "change"],
         [
-            [_e(n), _e(_pct(get(before))), _e(_pct(get(summary))), _e(_delta(get(before), get(summary)))]
+            [_e(n), _e(pct(get(before))), _e(pct(get(summary))), _e(_delta(get(before), get(summary)))]
             for n, get in rows
         ],
     )
 
 
 def _strategy_html(summary: dict, before: dict | None) -> str:
-    names = _strategy_names(summary, before)
+    names = strategy_names(summary, before)
     cols = [
         (k, h)
         for k, h in STRATEGY_COLUMNS
-        if any(_metric(s, n, k) is not None for s in (summary, before) for n in names)
+        if any(metric_of(s, n, k) is not None for s in (summary, before) for n in names)
     ]
     rows = []
     for n in names:
         st = summary["strategies"].get(n, {})
-        n_items = _num(st.get("n_items"))
-        samples = _num(st.get("samples"))
+        n_items = num_or_none(st.get("n_items"))
+        samples = num_or_none(st.get("samples"))
         row = [
             _e(n),
             _e(DASH if n_items is None else int(n_items)),
             _e(DASH if samples is None else int(samples)),
         ]
         for k, _ in cols:
-            a = _metric(summary, n, k)
-            row.append(_e(_pct(a) if before is None else _arrow(_metric(before, n, k), a)))
+            a = metric_of(summary, n, k)
+            row.append(_e(pct(a) if before is None else arrow(metric_of(before, n, k), a)))
         rows.append(row)
     return _html_table(["strategy", "items", "samples", *(h for _, h in cols)], rows)
 
@@ -166,11 +166,11 @@ def _leaks_html(summary: dict, items: list[dict]) -> str:
         for r in items
         if isinstance(r, dict)
         and r.get("set", "forget") == "forget"
-        and ((_num(r.get("leak_any")) or 0) > 0 or r.get("leaked_cot") or r.get("leaked_answer"))
+        and ((num_or_none(r.get("leak_any")) or 0) > 0 or r.get("leaked_cot") or r.get("leaked_answer"))
     ]
     leaking.sort(
         key=lambda r: (
-            -(_num(r.get("leak_any")) or 0),
+            -(num_or_none(r.get("leak_any")) or 0),
             order.get(r.get("strategy"), len(order)),
             str(r.get("id")),
         )
@@ -194,7 +194,7 @@ def _leaks_html(summary: dict, items: list[dict]) -> str:
             [
                 _e(r.get("id", DASH)),
                 _e(r.get("strategy", DASH)),
-                _e(_pct(r.get("leak_any"), 0)),
+                _e(pct(r.get("leak_any"), 0)),
                 _e(spans or DASH),
                 _excerpt(shown, [str(s) for s in cot + ans]),
             ]
@@ -228,9 +228,9 @@ def render_report(
 ) -> Path:
     """Write `out_dir/report.html` and `out_dir/plots/*.png`; returns the path of the html file."""
     out_dir = Path(out_dir)
-    _strategies(summary)
+    strategy_table(summary)
     if before is not None:
-        _strategies(before, "before")
+        strategy_table(before, "before")
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
 
@@ -250,7 +250,7 @@ def render_report(
                 "Leak rates before (light, hatched) and after (solid) unlearning, and the headline numbers.",
             )
         )
-    if _accuracy_sets(summary, before):
+    if accuracy_sets(summary, before):
         figures.append(
             ("utility", utility_figure(summary, before), "Accuracy on the sets that should be kept.")
         )
@@ -260,13 +260,13 @@ def render_report(
     for name in set(PLOT_NAMES) - pngs.keys():  # a plot from an earlier render that no longer applies
         (plots_dir / f"{name}.png").unlink(missing_ok=True)
 
-    model = _model_name(summary)
-    title = f"cipo-fast report: {model}" + (f" (before: {_model_name(before)})" if before is not None else "")
+    model = model_name(summary)
+    title = f"cipo-fast report: {model}" + (f" (before: {model_name(before)})" if before is not None else "")
     sub = [
         f"label: {summary['label']}" if summary.get("label") else "",
-        f"compared with {_model_name(before)}" if before is not None else "",
+        f"compared with {model_name(before)}" if before is not None else "",
         f"evaluation time {(summary.get('timing') or {}).get('seconds')} s"
-        if _num((summary.get("timing") or {}).get("seconds")) is not None
+        if num_or_none((summary.get("timing") or {}).get("seconds")) is not None
         else "",
     ]
     parts = [
@@ -284,7 +284,7 @@ def render_report(
         "<h2>Plots</h2>\n",
     ]
     parts += [_figure_html(png, f"{name} plot", caption) for name, (png, caption) in pngs.items()]
-    if not _accuracy_sets(summary, before):
+    if not accuracy_sets(summary, before):
         parts.append("<p>No retain / utility / real-authors / world-facts set was evaluated.</p>\n")
     if items is not None:
         parts += ["<h2>Forget items that still leak</h2>\n", _leaks_html(summary, items)]

@@ -4,10 +4,10 @@ console table and the HTML page.
 A summary holds `strategies: {name: {leak_cot, leak_answer, leak_any, rouge_*, n_items, samples, ...}}`,
 the headline scalars (`mcs`, `forget_efficacy`, `model_utility`) and, when they were evaluated, one section
 per accuracy set (`retain`, `utility`, `real_authors`, `world_facts`: `{"accuracy", "n_items", ...}`).
-The number readers (`_num`, `_metric`, `_accuracy`) return None for a missing key and for a null / NaN /
-non-numeric value, and `_pct` prints None as "–". Only `_strategies` is strict: a summary without a non-empty `strategies` object is a
-`ValueError` naming the field, since nothing can be reported without it. `_model_name`, `_short` and
-`_label` give the names that titles, legends and table headers show.
+The number readers (`num_or_none`, `metric_of`, `accuracy_of`) return None for a missing key and for a null / NaN /
+non-numeric value, and `pct` prints None as "–". Only `strategy_table` is strict: a summary without a non-empty `strategies` object is a
+`ValueError` naming the field, since nothing can be reported without it. `model_name`, `shorten` and
+`label_of` give the names that titles, legends and table headers show.
 
 Nothing here computes a metric or draws anything; it only reads and formats what evaluation measured.
 """
@@ -29,26 +29,26 @@ ACCURACY_SETS = (
 )
 
 
-def _num(x) -> float | None:
+def num_or_none(x) -> float | None:
     """A finite number, or None for null / NaN / anything that is not a number."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
         return None
     return float(x)
 
 
-def _pct(x, digits: int = 1) -> str:
-    x = _num(x)
+def pct(x, digits: int = 1) -> str:
+    x = num_or_none(x)
     return DASH if x is None else f"{100 * x:.{digits}f}%"
 
 
-def _arrow(before, after) -> str:
+def arrow(before, after) -> str:
     """ "b → a"; a single dash when neither exists (e.g. CoT leak under ZeroThink before and after)."""
-    if _num(before) is None and _num(after) is None:
+    if num_or_none(before) is None and num_or_none(after) is None:
         return DASH
-    return f"{_pct(before)} → {_pct(after)}"
+    return f"{pct(before)} → {pct(after)}"
 
 
-def _strategies(summary: dict, where: str = "summary") -> dict[str, dict]:
+def strategy_table(summary: dict, where: str = "summary") -> dict[str, dict]:
     st = summary.get("strategies")
     if not isinstance(st, dict) or not st:
         raise ValueError(
@@ -60,26 +60,26 @@ def _strategies(summary: dict, where: str = "summary") -> dict[str, dict]:
     return st
 
 
-def _strategy_names(summary: dict, before: dict | None) -> list[str]:
+def strategy_names(summary: dict, before: dict | None) -> list[str]:
     """The after-model's strategies in their order, then any that only the before-model has."""
-    names = list(_strategies(summary))
+    names = list(strategy_table(summary))
     if before is not None:
-        names += [n for n in _strategies(before, "before") if n not in names]
+        names += [n for n in strategy_table(before, "before") if n not in names]
     return names
 
 
-def _metric(summary: dict | None, strategy: str, key: str) -> float | None:
+def metric_of(summary: dict | None, strategy: str, key: str) -> float | None:
     if summary is None:
         return None
-    return _num((summary.get("strategies") or {}).get(strategy, {}).get(key))
+    return num_or_none((summary.get("strategies") or {}).get(strategy, {}).get(key))
 
 
-def _accuracy(summary: dict | None, key: str) -> float | None:
+def accuracy_of(summary: dict | None, key: str) -> float | None:
     section = (summary or {}).get(key)
-    return _num(section.get("accuracy")) if isinstance(section, dict) else None
+    return num_or_none(section.get("accuracy")) if isinstance(section, dict) else None
 
 
-def _accuracy_sets(summary: dict, before: dict | None) -> list[tuple[str, str]]:
+def accuracy_sets(summary: dict, before: dict | None) -> list[tuple[str, str]]:
     return [
         (k, label)
         for k, label in ACCURACY_SETS
@@ -87,7 +87,7 @@ def _accuracy_sets(summary: dict, before: dict | None) -> list[tuple[str, str]]:
     ]
 
 
-def _model_name(summary: dict | None) -> str:
+def model_name(summary: dict | None) -> str:
     if not summary:
         return "(unnamed)"
     if summary.get("model"):
@@ -97,12 +97,12 @@ def _model_name(summary: dict | None) -> str:
     return "(unnamed)"
 
 
-def _short(name: str, limit: int = 48) -> str:
+def shorten(name: str, limit: int = 48) -> str:
     """The last two path components of a model path, cut to `limit` characters (for plot titles)."""
     parts = [p for p in re.split(r"[/\\]", name) if p]
     short = "/".join(parts[-2:]) if parts else name
     return short if len(short) <= limit else "…" + short[-(limit - 1) :]
 
 
-def _label(summary: dict | None, default: str) -> str:
+def label_of(summary: dict | None, default: str) -> str:
     return str((summary or {}).get("label") or default)
