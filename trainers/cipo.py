@@ -36,7 +36,7 @@ from cipo_fast.model.generation import GenConfig, make_strategies
 from cipo_fast.model.loading import quiet_transformers, save_final
 from cipo_fast.train import checkpoint
 from cipo_fast.train.policy import build_policy, make_tokenizer, seed_everything, tune_cpu_allocator
-from cipo_fast.train.reference import initial_reference
+from cipo_fast.train.reference import initial_reference, reference_namespace
 from cipo_fast.train.run_dir import RunDir
 from cipo_fast.train.step import NonFiniteError, Policy, optimizer_step
 from cipo_fast.unlearning.counterfactual import CounterfactualConfig, generate_counterfactuals
@@ -119,10 +119,11 @@ def main(cfg: TrainConfig) -> dict:
         cfg.check_resume(run.existing)
         start_round = checkpoint.steps_done(run.existing / "checkpoints", key="round")
     policy = build_policy(cfg, tok)
+    ns = reference_namespace(cfg, policy.model, run.existing)
     work = run.start()
     if not cfg.resume:
         write_json(work / "config.json", json.loads(cfg.to_json()))
-    initial = initial_reference(cfg, policy.model, work)
+    initial = initial_reference(cfg, policy.model, work, ns)
     global_step = 0
     if cfg.resume:
         state = checkpoint.load(checkpoint.find_latest(work / "checkpoints"), policy.model, policy.optimizer)

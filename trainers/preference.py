@@ -26,7 +26,7 @@ from cipo_fast.data.io import append_jsonl, read_log, write_json, write_jsonl
 from cipo_fast.model.loading import quiet_transformers, save_final
 from cipo_fast.train import checkpoint, losses
 from cipo_fast.train.policy import build_policy, make_tokenizer, seed_everything, tune_cpu_allocator
-from cipo_fast.train.reference import initial_reference
+from cipo_fast.train.reference import initial_reference, reference_namespace
 from cipo_fast.train.run_dir import RunDir
 from cipo_fast.train.schedule import lr_at, retain_indices, step_indices, total_steps
 from cipo_fast.train.step import NonFiniteError, groups_of, optimizer_step
@@ -58,6 +58,7 @@ def main(cfg: TrainConfig) -> dict:
             print(f"the run in {run.out} already has its {total} steps; nothing to do")
             return json.loads((run.out / "summary.json").read_text(encoding="utf-8"))
     policy = build_policy(cfg, tok)
+    ns = reference_namespace(cfg, policy.model, run.existing) if losses.needs_reference(cfg.loss) else None
     work = run.start()
     if not cfg.resume:
         write_json(work / "config.json", json.loads(cfg.to_json()))
@@ -67,7 +68,7 @@ def main(cfg: TrainConfig) -> dict:
             f"{tok.report.tokens_dropped} completion tokens dropped; e.g. {', '.join(tok.report.examples)})"
         )
     ckpt_root, metrics_path = work / "checkpoints", work / "metrics.jsonl"
-    ref = initial_reference(cfg, policy.model, work) if losses.needs_reference(cfg.loss) else None
+    ref = initial_reference(cfg, policy.model, work, ns) if ns else None
     pre_tokens = 0
     if ref is not None and cfg.ref_mode == "precompute":
         fresh_policy = not cfg.resume and not cfg.ref_model  # the untrained policy is the reference

@@ -47,13 +47,19 @@ def _digest(keys: np.ndarray, values: np.ndarray) -> str:
     return hashlib.sha256(keys.tobytes() + values.tobytes()).hexdigest()
 
 
+def check_namespace(ns, where="reference cache") -> None:
+    """A namespace names a folder of the cache, so it must be what `namespace` makes: 32 hex digits (an
+    edited `reference.json` must not point the cache at another directory)."""
+    if not isinstance(ns, str) or not re.fullmatch(r"[0-9a-f]{32}", ns):
+        raise ValueError(
+            f"{where}: namespace {ns!r:.60} is not a 32-digit hex hash; the record was edited or damaged "
+            "(a namespace names a folder of the cache, never another path)"
+        )
+
+
 class RefCache:
     def __init__(self, root: str | Path, ns: str):
-        if not isinstance(ns, str) or not re.fullmatch(r"[0-9a-f]{32}", ns):
-            raise ValueError(
-                f"reference cache: namespace {ns!r:.60} is not a 32-digit hex hash; the run's reference.json "
-                "was edited or damaged (a namespace names a cache folder, never another path)"
-            )
+        check_namespace(ns)
         self.dir = Path(root) / ns
         self.dir.mkdir(parents=True, exist_ok=True)
         self.values: dict[bytes, float] = {}

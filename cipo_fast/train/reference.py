@@ -19,7 +19,7 @@ from cipo_fast.cache import cache_root
 from cipo_fast.data.io import write_json
 from cipo_fast.model.forward import head_spec, score_sequences
 from cipo_fast.model.loading import ModelOptions, load_model, model_fingerprint
-from cipo_fast.train.refcache import RefCache, namespace
+from cipo_fast.train.refcache import RefCache, check_namespace, namespace
 
 
 class Reference:
@@ -76,21 +76,28 @@ def load_frozen(cfg, source: str):
     return m.eval().requires_grad_(False)
 
 
-def initial_reference(cfg, model, run_dir: Path) -> Reference:
-    """The run's reference: `--ref-model`, or the initial policy (the base model under LoRA), with its
-    namespace read from / written to `run_dir/reference.json`."""
-    info = run_dir / "reference.json"
-    if info.is_file():
+def reference_namespace(cfg, model, existing: Path | None = None) -> str:
+    """The run's reference namespace, found before the run directory is touched: the one recorded in
+    `existing/reference.json` (a resumed run; validated), else that of `--ref-model` (loaded, so a bad
+    path or damaged weights fail here) or of the initial policy (the base model under LoRA)."""
+    info = existing / "reference.json" if existing is not None else None
+    if info is not None and info.is_file():
         try:
             ns = json.loads(info.read_text(encoding="utf-8"))["namespace"]
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"{info}: not a reference record (expected {{'namespace': ...}})") from None
-    else:
-        ns = (
-            policy_namespace(cfg, load_frozen(cfg, cfg.ref_model))
-            if cfg.ref_model
-            else policy_namespace(cfg, model, skip=("lora_",))
-        )
+        check_namespace(ns, info)
+        return ns
+    if cfg.ref_model:
+        return policy_namespace(cfg, load_frozen(cfg, cfg.ref_model))
+    return policy_namespace(cfg, model, skip=("lora_",))
+
+
+def initial_reference(cfg, model, run_dir: Path, ns: str) -> Reference:
+    """The run's reference under namespace `ns` (`reference_namespace`), recorded in
+    `run_dir/reference.json` so a resumed run keeps using it."""
+    info = run_dir / "reference.json"
+    if not info.is_file():
         write_json(info, {"namespace": ns, "source": cfg.ref_model or cfg.model})
 
     def make_ref_model():
