@@ -1,0 +1,53 @@
+"""cipo-fast: counterfactual unlearning for reasoning language models (CiPO) on a fused-kernel trainer.
+
+The public API:
+
+    sequence_logprobs, token_logprobs   the fused LM-head log-prob op (no [tokens, vocab] logits)
+    get_loss, LOSSES, LossParams        the loss registry (DPO family, SimPO, NPO, GA, NLL)
+    TrainConfig, CipoConfig             the training configuration (what `cipo-fast train` fills)
+    fit                                 run `cipo-fast train` from Python (any method, CiPO included)
+    EvalConfig, evaluate                `cipo-fast eval` from Python
+
+The package, by layer (each sub-package's docstring lists its modules):
+
+    ops/         the fused log-prob op and its Triton kernels' compile check
+    model/       model sources and loading, packed attention, the forward pass, generation
+    data/        files in and out, the think block, tokenization, training formats, items, packing
+    train/       losses, schedule, the optimizer step, policy, reference log-probs and their cache,
+                 checkpoints, the run directory
+    unlearning/  CiPO's counterfactual traces, preference pairs, retain mirrors, rounds
+    eval/        leakage (facts, text), metrics, scoring, predictions, the evaluation command, report/
+    synthetic/   the demo's fictitious-author and arithmetic data set
+    trainers/    the recipes: preference (every method but CiPO), cipo, finetune (target models)
+"""
+
+from cipo_fast.config import CipoConfig, TrainConfig
+from cipo_fast.eval.evaluate import EvalConfig, evaluate
+from cipo_fast.ops.logprobs import sequence_logprobs, token_logprobs
+from cipo_fast.train.losses import LOSSES, LossParams, get_loss
+
+__version__ = "0.1.0"
+
+
+def fit(cfg: TrainConfig) -> dict:
+    """Run one training (`cipo-fast train`): the CiPO loop for `method="cipo"`, else the preference /
+    unlearning trainer. Returns the run's summary."""
+    if cfg.method == "cipo":
+        from cipo_fast.trainers.cipo import main
+    else:
+        from cipo_fast.trainers.preference import main
+    return main(cfg)
+
+
+__all__ = [
+    "LOSSES",
+    "CipoConfig",
+    "EvalConfig",
+    "LossParams",
+    "TrainConfig",
+    "evaluate",
+    "fit",
+    "get_loss",
+    "sequence_logprobs",
+    "token_logprobs",
+]

@@ -1,0 +1,10 @@
+"""The fused LM-head log-prob op.
+
+    logprobs.py      `sequence_logprobs` / `token_logprobs`: hidden states -> per-token log-probs and
+                     per-sequence sums without `[tokens, vocab]` logits; the PyTorch reference (the spec),
+                     the chunked CPU path and the autograd Function over the Triton kernels
+    kernel_check.py  compiles every Triton kernel variant for sm_80 / sm_86 / sm_90a / sm_100a without a
+                     GPU and checks registers, spills and shared memory
+
+The kernels themselves are in `cipo_fast.csrc_triton.logprobs`.
+"""

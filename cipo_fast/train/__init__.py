@@ -1,0 +1,11 @@
+"""Training: everything a recipe needs between the data and the checkpoint.
+
+losses.py      the loss registry (DPO family, SimPO, NPO, GA, NLL) over per-sequence log-prob sums
+schedule.py    learning rate and data order as pure functions of (config, step)
+step.py        one optimizer step for every trainer, and its metrics row
+policy.py      process set-up, tokenizer, the policy with its optimizer
+reference.py   reference log-prob sums of a run (cache first, then a reference pass)
+refcache.py    the persistent content-addressed cache of reference sums
+checkpoint.py  atomic, verified checkpoints (safetensors + JSON)
+run_dir.py     the run directory's lifecycle: validate, build in OUT.partial, move into place
+"""

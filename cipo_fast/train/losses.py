@@ -1,7 +1,7 @@
 """Preference and unlearning losses over per-sequence log-prob sums.
 
 Every loss here is a few lines of PyTorch over `[P]` or `[B]` vectors produced by
-`cipo_fast.ops.sequence_logprobs` (sums over completion tokens) and the completion lengths. They return
+`cipo_fast.ops.logprobs.sequence_logprobs` (sums over completion tokens) and the completion lengths. They return
 per-sample losses; the trainer averages them over the samples of an optimizer step.
 
 Two kinds, one registry:
@@ -148,6 +148,7 @@ SINGLE: dict[str, Callable] = {
     "nll": nll,
 }
 REFERENCE_FREE = {"simpo", "ga", "nll"}
+LOSSES = {**PAIRWISE, **SINGLE}  # every loss by name
 
 
 def get_loss(name: str) -> tuple[str, Callable]:
