@@ -2,14 +2,16 @@
 
 import pytest
 
-from cipo_fast.eval.gsm8k import extract_final_number, gsm8k_gold, numbers_match
+from cipo_fast.data.items import gsm8k_number, split_gsm8k
+from cipo_fast.eval.gsm8k import extract_final_number, numbers_match
 
 
 def test_gsm8k_gold():
-    assert gsm8k_gold("She makes 9 * 2 = $<<9*2=18>>18.\n#### 18") == "18"
-    assert gsm8k_gold("...\n#### 1,200") == "1200"
+    assert gsm8k_number("She makes 9 * 2 = $<<9*2=18>>18.\n#### 18") == "18"
+    assert gsm8k_number("...\n#### 1,200") == "1200"
+    assert split_gsm8k("a\n#### 1 #### 2") == ("a\n#### 1", "2")  # the last mark
     with pytest.raises(ValueError, match="####"):
-        gsm8k_gold("no marker here")
+        gsm8k_number("no marker here")
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,14 @@
-"""GSM8K-style answers: the gold number, the model's final number, and whether they are equal.
+"""GSM8K-style answers: the model's final number, and whether it equals the gold one.
 
-* `gsm8k_gold`: the number after `####` in a GSM8K answer field, commas removed.
+(The gold number of a `... #### N` answer is read by `cipo_fast.data.items.gsm8k_number`, the one parser
+of that format.)
+
 * `extract_final_number`: the content of the model's last `\\boxed{}` (a boxed `\\frac{a}{b}` as a/b),
   or else the last number in the text; `$` and thousands separators dropped, a minus sign directly before
   the digits kept unless it follows a letter, digit or `)` (`-3 degrees` -> `-3`, `pages 10-12` -> `12`).
 * `numbers_match`: numeric equality with `Decimal` (`"12.0"` == `"12"`).
 
-Together they give the utility accuracy: the share of problems whose final number equals the gold.
+Together with the gold number they give the utility accuracy: the share of problems whose final number equals the gold.
 
 What it deliberately does not do: grade the reasoning, units, or any answer beyond its final number.
 """
@@ -21,13 +23,6 @@ _NUMBER_RE = re.compile(r"(?:(?<![\w)])-)?\$?\d(?:[\d,]*\d)?(?:\.\d+)?")
 
 def _clean_number(s: str) -> str:
     return s.replace("$", "").replace(",", "")
-
-
-def gsm8k_gold(answer_field: str) -> str:
-    """The number after `####` in a GSM8K answer, commas removed."""
-    if "####" not in answer_field:
-        raise ValueError(f"GSM8K answer has no '####' line: {answer_field[-80:]!r}")
-    return _clean_number(answer_field.rsplit("####", 1)[1].strip())
 
 
 def _last_boxed(text: str) -> str | None:
