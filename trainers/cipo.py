@@ -114,17 +114,16 @@ def main(cfg: TrainConfig) -> dict:
     seeds = load_seeds(c.cf_seeds, items) if c.cf_seeds else None
     alternatives = load_alternatives(c.cf_alternatives) if c.cf_alternatives else None
     run = RunDir.plan(cfg.out, "train", resume=cfg.resume, overwrite=cfg.overwrite)
-    start_round = 0
     if cfg.resume:
         cfg.check_resume(run.existing)
-        start_round = checkpoint.steps_done(run.existing / "checkpoints", key="round")
+        checkpoint.steps_done(run.existing / "checkpoints", key="round")  # fails now if there is none
     policy = build_policy(cfg, tok)
     ns = reference_namespace(cfg, policy.model, run.existing)
     work = run.start()
     if not cfg.resume:
         write_json(work / "config.json", json.loads(cfg.to_json()))
     initial = initial_reference(cfg, policy.model, work, ns)
-    global_step = 0
+    start_round, global_step = 0, 0
     if cfg.resume:
         state = checkpoint.load(checkpoint.find_latest(work / "checkpoints"), policy.model, policy.optimizer)
         start_round, global_step = state["round"], state["global_step"]
@@ -150,14 +149,13 @@ def main(cfg: TrainConfig) -> dict:
     )
 
     # ---- rounds ----
-    history = rounds_done(work, start_round)
-    stopped = bool(history and history[-1].get("stopped"))
+    earlier = rounds_done(work, start_round)
+    stopped = bool(earlier and earlier[-1].get("stopped"))
     replay = rebuild_replay(work, start_round, items, tok, retain_pairs, s.retain_golds)
     for r in range(start_round, c.rounds):
         if stopped:
             break
         info, global_step = run_round(s, r, initial, replay, global_step)
-        history.append(info)
         if info.get("stopped"):
             stopped = True
             break
