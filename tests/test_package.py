@@ -21,7 +21,15 @@ def test_public_api():
     kind, fn = cipo_fast.get_loss("sigmoid")
     assert kind == "pairwise" and cipo_fast.LOSSES["sigmoid"] is fn
     assert cipo_fast.TrainConfig(method="dpo", model="m", data="d", out="o").cipo == cipo_fast.CipoConfig()
-    for sub in ("ops", "model", "data", "train", "unlearning", "eval", "synthetic"):  # no public name shadows one
+    for sub in (
+        "ops",
+        "model",
+        "data",
+        "train",
+        "unlearning",
+        "eval",
+        "synthetic",
+    ):  # no public name shadows one
         assert isinstance(getattr(cipo_fast, sub), types.ModuleType), sub
 
 
