@@ -3,6 +3,7 @@
 Math, per active token t (mask_t True), with `z_t = W h_t` (`[V]`, never stored):
 
     lse_t  = logsumexp_v z_tv              logp_t = z_t[y_t] - lse_t
+    mean_t = E_p[log p] = E_p[z] - lse_t   var_t  = Var_p[log p] = Var_p[z]     (STATS only)
     dz_tv  = g_t (onehot(y_t)_v - p_tv),   p_tv = exp(z_tv - lse_t),  g_t = dL/dlogp_t
     dH_t   = sum_v dz_tv W_v               dW_v = sum_t dz_tv h_t
 
@@ -15,7 +16,9 @@ How it works:
   chunk over d (BLOCK_D, `tl.dot`, fp32 accumulation, inputs in their own dtype), and keeps an online
   max / sum-exp and `z[y]`. Each split writes its partial logsumexp; the host combines the `[S, M]`
   partials with one `logsumexp`. Splitting the vocabulary keeps the GPU busy when there are few token
-  blocks (S = 1 when there are enough). Logits never reach global memory.
+  blocks (S = 1 when there are enough). Logits never reach global memory. STATS also keeps the
+  softmax-weighted mean and squared deviations of z (Chan's merge per tile: no E[z^2] - E[z]^2
+  cancellation); the host merges the splits by the law of total variance.
 * Backward (`_logprobs_bwd_kernel`): one program per (token block, vocab block) tile, launched as a
   1-D grid in grouped order (GROUP_N token blocks sweep the vocabulary together, so their H rows and
   each W tile are reused from L2). It recomputes the logit tile, forms `dz = g (onehot(y) - p)` in
@@ -64,6 +67,8 @@ def _logprobs_fwd_kernel(
     rows_ptr,  # *i64 [M] ascending indices of the active (mask True) rows of hidden
     zy_ptr,  # *fp32 [M] out: z[y] of each active row (written by the split whose range holds y)
     plse_ptr,  # *fp32 [S, M] out: logsumexp of each active row over the split's vocab range
+    pmean_ptr,  # *fp32 [S, M] out (STATS): E[z] under the softmax restricted to the split's range
+    pvar_ptr,  # *fp32 [S, M] out (STATS): Var[z] under that softmax
     M,  # number of active rows
     V,  # vocabulary size
     D,  # hidden size d
@@ -78,6 +83,7 @@ def _logprobs_fwd_kernel(
     BLOCK_V: tl.constexpr,  # vocab entries per logit tile
     BLOCK_D: tl.constexpr,  # hidden-size chunk of one tl.dot
     INPUT_PRECISION: tl.constexpr,  # tl.dot input precision for fp32 inputs: "tf32x3" or "tf32"
+    STATS: tl.constexpr = False,  # also write pmean / pvar
 ):
     pid_n = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
@@ -93,6 +99,8 @@ def _logprobs_fwd_kernel(
     m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)  # running max of z
     l_i = tl.zeros([BLOCK_N], dtype=tl.float32)  # running sum of exp(z - m_i)
     zy = tl.zeros([BLOCK_N], dtype=tl.float32)  # z[y] if y is in this split
+    mu_i = tl.zeros([BLOCK_N], dtype=tl.float32)  # STATS: softmax-weighted mean of z so far
+    ss_i = tl.zeros([BLOCK_N], dtype=tl.float32)  # STATS: l_i-scaled sum of squared deviations from mu_i
 
     for v0 in range(v_start, v_end, BLOCK_V):
         offs_v = v0 + tl.arange(0, BLOCK_V)  # [BLOCK_V]
@@ -118,11 +126,24 @@ def _logprobs_fwd_kernel(
         # online logsumexp; columns past the range are -inf, the identity of max and of sum-exp
         z = tl.where(col_ok[None, :], acc, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(z, axis=1))
+        if STATS:
+            # Chan's merge of the running (weight l_i, mean mu_i, ss_i) with the tile's (weights e)
+            alpha = tl.exp(m_i - m_new)
+            e = tl.exp(z - m_new[:, None])  # [BLOCK_N, BLOCK_V]; 0 past the range, where acc is 0 too
+            w_b = tl.sum(e, axis=1)
+            mu_b = tl.sum(e * acc, axis=1) / w_b
+            dev, delta = acc - mu_b[:, None], mu_b - mu_i
+            l_new = l_i * alpha + w_b  # = the l_i computed below
+            mu_i += delta * (w_b / l_new)
+            ss_i = ss_i * alpha + tl.sum(e * dev * dev, axis=1) + delta * delta * (l_i * alpha * w_b / l_new)
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
         m_i = m_new
         zy += tl.sum(tl.where(offs_v[None, :] == y[:, None], acc, 0.0), axis=1)
 
     tl.store(plse_ptr + pid_s * stride_ps + offs_m, m_i + tl.log(l_i), mask=row_ok)
+    if STATS:
+        tl.store(pmean_ptr + pid_s * stride_ps + offs_m, mu_i, mask=row_ok)
+        tl.store(pvar_ptr + pid_s * stride_ps + offs_m, ss_i / l_i, mask=row_ok)
     y_here = (y >= v_start) & (y < v_end)
     tl.store(zy_ptr + offs_m, zy, mask=row_ok & y_here)
 
@@ -270,8 +291,8 @@ class KernelConfig:
 # tensor cores), "f32" (fp32 inputs, "tf32x3": three TF32 products per multiply, ~fp32 accurate, more
 # registers, hence smaller tiles). Device class: "sm90" (Hopper, 227 KiB of shared memory) and "sm80"
 # (everything else: Ampere, Ada, Blackwell; sized to fit the 99 KiB of sm_86/89 too).
-# `cipo_fast.kernel_check` compiles each for sm_80 / sm_86 / sm_90a and reports registers, spills and
-# shared memory: every entry is free of spills and within the limit there.
+# `cipo_fast.kernel_check` compiles each for sm_80 / sm_86 / sm_90a / sm_100a: no entry spills or
+# exceeds the shared memory there.
 FORWARD_CONFIGS: dict[str, KernelConfig] = {
     "f16_sm80": KernelConfig(BLOCK_N=64, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3),
     "f16_sm90": KernelConfig(BLOCK_N=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=4),
@@ -288,7 +309,12 @@ BACKWARD_CONFIGS: dict[str, KernelConfig] = {
     "f32_sm80": KernelConfig(BLOCK_N=64, BLOCK_V=64, BLOCK_D=16, num_warps=8, num_stages=3, GROUP_N=8),
     "f32_sm90": KernelConfig(BLOCK_N=64, BLOCK_V=128, BLOCK_D=32, num_warps=8, num_stages=2, GROUP_N=8),
 }
-CONFIG_TABLES = {"forward": FORWARD_CONFIGS, "backward": BACKWARD_CONFIGS}
+STATS_CONFIGS = FORWARD_CONFIGS | {  # the forward with STATS: smaller tiles where the forward's would spill
+    "f16_sm90": KernelConfig(BLOCK_N=128, BLOCK_V=64, BLOCK_D=64, num_warps=8, num_stages=4),
+    "tf32_sm90": KernelConfig(BLOCK_N=128, BLOCK_V=64, BLOCK_D=32, num_warps=8, num_stages=4),
+    "f32_sm80": KernelConfig(BLOCK_N=64, BLOCK_V=64, BLOCK_D=16, num_warps=4, num_stages=3),
+}
+CONFIG_TABLES = {"forward": FORWARD_CONFIGS, "stats": STATS_CONFIGS, "backward": BACKWARD_CONFIGS}
 
 
 def input_precision(dtype: torch.dtype) -> str:
@@ -320,7 +346,7 @@ def config_name(d: int, dtype: torch.dtype, capability: tuple[int, int] | None, 
 def pick_config(
     kernel: str, d: int, dtype: torch.dtype, capability: tuple[int, int] | None, precision: str | None = None
 ) -> KernelConfig:
-    """The `KernelConfig` the launchers use for `kernel` in {"forward", "backward"}."""
+    """The `KernelConfig` the launchers use for `kernel` in {"forward", "stats", "backward"}."""
     precision = input_precision(dtype) if precision is None else precision
     return CONFIG_TABLES[kernel][config_name(d, dtype, capability, precision)]
 
@@ -364,12 +390,8 @@ def _device_info(t: torch.Tensor) -> tuple[tuple[int, int] | None, int]:
 
 
 def _check(hidden, weight, targets, mask) -> None:
-    assert hidden.dim() == 2 and weight.dim() == 2, (
-        f"hidden/weight must be 2-D, got {hidden.shape}, {weight.shape}"
-    )
-    assert hidden.shape[1] == weight.shape[1], (
-        f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)}"
-    )
+    assert hidden.dim() == weight.dim() == 2, f"hidden/weight must be 2-D: {hidden.shape}, {weight.shape}"
+    assert hidden.shape[1] == weight.shape[1], f"hidden {tuple(hidden.shape)} vs weight {tuple(weight.shape)}"
     assert hidden.dtype == weight.dtype, f"hidden {hidden.dtype} != weight {weight.dtype}"
     assert hidden.dtype in (torch.float32, torch.float16, torch.bfloat16), f"unsupported dtype {hidden.dtype}"
     assert targets.shape == (hidden.shape[0],) and targets.dtype == torch.long, "targets must be [N] long"
@@ -378,40 +400,56 @@ def _check(hidden, weight, targets, mask) -> None:
     assert len(devices) == 1, f"all inputs must be on one device, got {devices}"
 
 
-def logprobs_forward(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden [N, d], weight [V, d], targets [N] long, mask [N] bool -> (logp [N], lse [N]) fp32.
-
-    `logp_t = z[y_t] - logsumexp(z)`, `z = W h_t`; both outputs are exactly 0 where mask is False.
-    """
+def _forward(hidden, weight, targets, mask, stats: bool):
+    """Launch the forward kernel -> (rows, zy [M]; plse, pmean, pvar [S, M]; last two = plse w/o stats)."""
     _check(hidden, weight, targets, mask)
     capability, num_sms = _device_info(hidden)
-    n, d = hidden.shape
-    v = weight.shape[0]
-    logp = torch.zeros(n, dtype=torch.float32, device=hidden.device)
-    lse = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+    d, v = hidden.shape[1], weight.shape[0]
     rows = mask.nonzero()[:, 0]  # [M] active rows (host sync)
     m = rows.numel()
-    if m == 0:
-        return logp, lse
     precision = input_precision(hidden.dtype)
-    cfg = pick_config("forward", d, hidden.dtype, capability, precision)
+    cfg = pick_config("stats" if stats else "forward", d, hidden.dtype, capability, precision)
     n_token_blocks, n_vocab_blocks = triton.cdiv(m, cfg.BLOCK_N), triton.cdiv(v, cfg.BLOCK_V)
     splits = num_vocab_splits(n_token_blocks, n_vocab_blocks, num_sms)
     v_per_split = triton.cdiv(n_vocab_blocks, splits) * cfg.BLOCK_V
     zy = torch.empty(m, dtype=torch.float32, device=hidden.device)
     plse = torch.empty(splits, m, dtype=torch.float32, device=hidden.device)
-    _logprobs_fwd_kernel[(n_token_blocks, splits)](
-        hidden, weight, targets, rows, zy, plse,
-        m, v, d, v_per_split,
-        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), targets.stride(0), plse.stride(0),
-        INPUT_PRECISION=precision, **cfg.meta("forward"),
-    )  # fmt: skip
-    lse_m = plse[0] if splits == 1 else torch.logsumexp(plse, dim=0)  # [S, M] -> [M]
-    logp.index_copy_(0, rows, zy - lse_m)
-    lse.index_copy_(0, rows, lse_m)
-    return logp, lse
+    pmean, pvar = (torch.empty_like(plse), torch.empty_like(plse)) if stats else (plse, plse)
+    if m > 0:
+        _logprobs_fwd_kernel[(n_token_blocks, splits)](
+            hidden, weight, targets, rows, zy, plse, pmean, pvar, m, v, d, v_per_split,
+            hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+            targets.stride(0), plse.stride(0), INPUT_PRECISION=precision, STATS=stats, **cfg.meta("forward"),
+        )  # fmt: skip
+    return rows, zy, plse, pmean, pvar
+
+
+def _scatter(n: int, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # [M] -> [N], 0 where inactive
+    return torch.zeros(n, dtype=torch.float32, device=x.device).index_copy_(0, rows, x)
+
+
+def logprobs_forward(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [N, d], weight [V, d], targets [N] long, mask [N] bool -> (logp [N], lse [N]) fp32.
+
+    `logp_t = z[y_t] - logsumexp(z)`, `z = W h_t`; both outputs are exactly 0 where mask is False."""
+    rows, zy, plse, _, _ = _forward(hidden, weight, targets, mask, stats=False)
+    lse = plse[0] if plse.shape[0] == 1 else torch.logsumexp(plse, dim=0)  # [S, M] -> [M]
+    return _scatter(hidden.shape[0], rows, zy - lse), _scatter(hidden.shape[0], rows, lse)
+
+
+def logprob_stats_forward(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """hidden [N, d], weight [V, d], targets [N] long, mask [N] bool -> (logp, mean, var), each [N] fp32:
+    `log p(y_t)`, `E_p[log p]`, `Var_p[log p]` under `p = softmax(W h_t)`; exactly 0 where mask is False."""
+    rows, zy, plse, pmean, pvar = _forward(hidden, weight, targets, mask, stats=True)
+    lse = torch.logsumexp(plse, dim=0)  # [S, M] -> [M]
+    w = torch.softmax(plse, dim=0)  # [S, M] each split's share of the mass (exp(plse - lse) would round)
+    ez = (w * pmean).sum(0)  # E_p[z] = sum_s w_s E_s[z]
+    var = (w * (pvar + (pmean - ez).square())).sum(0)  # Var_p[z]: law of total variance over the splits
+    return tuple(_scatter(hidden.shape[0], rows, x) for x in (zy - lse, ez - lse, var))
 
 
 def logprobs_backward(
@@ -434,16 +472,11 @@ def logprobs_backward(
     """
     _check(hidden, weight, targets, mask)
     assert lse.shape == (hidden.shape[0],) and lse.dtype == torch.float32, "lse must be [N] fp32"
-    assert grad_logp.shape == (hidden.shape[0],) and grad_logp.dtype == torch.float32, (
-        "grad_logp must be [N] fp32"
-    )
-    assert lse.device == hidden.device and grad_logp.device == hidden.device, (
-        "lse/grad_logp on another device"
-    )
+    assert grad_logp.shape == (hidden.shape[0],) and grad_logp.dtype == torch.float32, "grad_logp: [N] fp32"
+    assert lse.device == grad_logp.device == hidden.device, "lse/grad_logp on another device"
     assert filter_eps is None or filter_eps >= 0, f"filter_eps must be None or >= 0, got {filter_eps}"
     capability, _ = _device_info(hidden)
-    n, d = hidden.shape
-    v = weight.shape[0]
+    (n, d), v = hidden.shape, weight.shape[0]
     dh = torch.zeros(n, d, dtype=torch.float32, device=hidden.device) if need_dh else None
     dw = torch.zeros(v, d, dtype=torch.float32, device=weight.device) if need_dw else None
     rows = mask.nonzero()[:, 0]  # [M] active rows (host sync)
@@ -453,8 +486,7 @@ def logprobs_backward(
         precision = input_precision(hidden.dtype)
         cfg = pick_config("backward", d, hidden.dtype, capability, precision)
         dummy = torch.empty(1, 1, dtype=torch.float32, device=hidden.device)
-        dh_buf = dh if need_dh else dummy
-        dw_buf = dw if need_dw else dummy
+        dh_buf, dw_buf = (dh if need_dh else dummy), (dw if need_dw else dummy)
         grid = (triton.cdiv(m, cfg.BLOCK_N) * triton.cdiv(v, cfg.BLOCK_V),)
         _logprobs_bwd_kernel[grid](
             hidden, weight, targets, rows, lse, grad_logp, dh_buf, dw_buf,
@@ -465,7 +497,4 @@ def logprobs_backward(
             NEED_DH=need_dh, NEED_DW=need_dw, FILTER=eps > 0,
             INPUT_PRECISION=precision, **cfg.meta("backward"),
         )  # fmt: skip
-    return (
-        dh.to(hidden.dtype) if need_dh else None,
-        dw.to(weight.dtype) if need_dw else None,
-    )
+    return (dh.to(hidden.dtype) if need_dh else None), (dw.to(weight.dtype) if need_dw else None)

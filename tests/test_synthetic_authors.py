@@ -46,8 +46,24 @@ def test_facts_of_different_authors_are_distinct(seed):
             assert f not in g and g not in f, (f, g)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_extra_authors_are_drawn_after_and_leave_the_first_unchanged(seed):
+    """`make_authors(n, seed, k)[:n] == make_authors(n, seed)`, and the k extra authors share no fact
+    (nor surname) with the first n or with each other."""
+    n, k = 8, 4
+    authors = make_authors(n, seed, n_extra=k)
+    assert len(authors) == n + k and authors[:n] == make_authors(n, seed)
+    owned = [(i, f.lower()) for i, a in enumerate(authors) for f in [*author_facts(a), a.surname]]
+    for (i, f), (j, g) in combinations(owned, 2):
+        if i != j and max(i, j) >= n:
+            assert f not in g and g not in f, (f, g)
+    assert len({a.name.split(" ")[0] for a in authors}) == n + k
+
+
 def test_make_authors_rejects_impossible_sizes():
     with pytest.raises(ValueError, match="n must be"):
         make_authors(0, 0)
     with pytest.raises(ValueError, match="pool"):
         make_authors(CAPACITY + 1, 0)
+    with pytest.raises(ValueError, match="n_extra"):
+        make_authors(4, 0, n_extra=-1)

@@ -23,7 +23,11 @@ def read_jsonl(path):
 def test_build_same_seed_gives_identical_bytes(tmp_path):
     a = build(tmp_path / "a", seed=3)
     b = build(tmp_path / "b", seed=3)
-    assert a.keys() == b.keys() == {"forget", "retain", "arithmetic_train", "arithmetic_eval", "authors"}
+    assert (
+        a.keys()
+        == b.keys()
+        == {"forget", "retain", "holdout", "arithmetic_train", "arithmetic_eval", "authors"}
+    )
     for key in a:
         assert a[key].read_bytes() == b[key].read_bytes(), key
         assert a[key].stat().st_size > 0, key
@@ -56,6 +60,28 @@ def test_build_splits_are_disjoint_and_complete(tmp_path):
     assert len(train) == 25 and len(evals) == 15
     assert not {it["question"] for it in train} & {it["question"] for it in evals}
     assert not {it["id"] for it in train} & {it["id"] for it in evals}
+
+
+def test_holdout_authors_are_extra_and_leave_the_other_files_unchanged(tmp_path):
+    """The holdout items belong to `n_holdout` authors drawn after the others: in neither split, sharing
+    no fact with them, ids continuing the numbering; every other file has the bytes of a build without a
+    holdout."""
+    paths = build(tmp_path / "h", n_authors=6, n_forget=2, n_holdout=3, seed=4)
+    bare = build(tmp_path / "bare", n_authors=6, n_forget=2, n_holdout=0, seed=4)
+    for key in bare.keys() - {"holdout"}:
+        assert paths[key].read_bytes() == bare[key].read_bytes(), key
+    assert bare["holdout"].read_bytes() == b""
+
+    holdout = read_jsonl(paths["holdout"])
+    trained = read_jsonl(paths["forget"]) + read_jsonl(paths["retain"])
+    extra = make_authors(6, 4, n_extra=3)[6:]
+    assert [it["author"] for it in holdout] == [a.name for a in extra for _ in FAMILIES]
+    assert not {it["author"] for it in holdout} & {it["author"] for it in trained}
+    assert not {f for it in holdout for f in it["facts"]} & {f for it in trained for f in it["facts"]}
+    assert holdout[0]["id"] == f"a06-{FAMILIES[0]}" and len(holdout) == 3 * len(FAMILIES)
+    assert len({it["id"] for it in holdout + trained}) == len(holdout) + len(trained)
+    with pytest.raises(ValueError, match="n_holdout"):
+        build(tmp_path / "bad", n_holdout=-1)
 
 
 def test_build_writes_one_arithmetic_draw_split_in_order(tmp_path):

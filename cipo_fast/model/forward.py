@@ -5,7 +5,8 @@ The LM head is not run by the model: `forward_hidden` returns final hidden state
 transform logits are handled from their config (`final_logit_softcapping`, `logit_scale`,
 `logits_scaling`: `HeadSpec`), and `check_logits_path` compares the fused path against the model's own
 logits on a probe, so a model with some other transform fails loudly instead of training on wrong
-log-probs.
+log-probs. `token_stats` keeps the per-token values instead of sums, with the mean and variance of
+`log p` under the model's own distribution (membership inference, `cipo_fast.eval.mia`).
 """
 
 from __future__ import annotations
@@ -174,5 +175,36 @@ def score_sequences(
     for mb in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         where = torch.tensor([j for g in mb.groups for j in groups[g]])
         out[where] = micro_batch_logps(model, mb, backend).float().cpu()
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def token_stats(
+    model, seqs, token_budget: int, backend: str = "auto"
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per sequence, `(logp, mean, var)` of its completion tokens (each `[len(completion_ids)]` fp32, on
+    the CPU, in order): the token's log-prob and the mean and variance of `log p` under the model's
+    next-token distribution there (`cipo_fast.ops.logprobs.token_logprob_stats`). Packed like
+    `score_sequences`, without prefix sharing, without gradients."""
+    from cipo_fast.data.packing import pack
+    from cipo_fast.ops.logprobs import token_logprob_stats
+
+    spec = head_spec(model)
+    weight = lm_head_weight(model)
+    out: list = [None] * len(seqs)
+    was_training = model.training
+    model.eval()
+    for mb in pack([(s,) for s in seqs], token_budget):
+        mb = mb.to(weight.device)
+        hidden = forward_hidden(model, mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen)
+        hidden = (hidden * spec.scale if spec.scale != 1.0 else hidden).to(weight.dtype)
+        stats = token_logprob_stats(
+            hidden, weight, mb.targets, mb.loss_mask, backend=backend, softcap=spec.softcap
+        )
+        # the loss mask holds each sequence's completion positions, in stream order
+        per_seq = [x[mb.loss_mask].float().cpu().split(mb.lengths.tolist()) for x in stats]
+        for k, g in enumerate(mb.groups):
+            out[g] = tuple(x[k] for x in per_seq)
     model.train(was_training)
     return out

@@ -53,6 +53,8 @@ DTYPES: dict[str, tuple[torch.dtype, str]] = {
 }
 _TRITON_DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
+# Forward flags the launchers pass: STATS off (`logprobs_forward`) and on (`logprob_stats_forward`).
+FORWARD_FLAGS = ({"STATS": False}, {"STATS": True})
 # Backward flag combinations the launcher can pass: (NEED_DH, NEED_DW) x FILTER.
 BACKWARD_FLAGS = tuple(
     {"NEED_DH": dh, "NEED_DW": dw, "FILTER": f}
@@ -88,10 +90,10 @@ def variants(targets=DEFAULT_TARGETS) -> list[Variant]:
         cap = TARGETS[target][0]
         capability = (cap // 10, cap % 10)
         for dtype_name, (dtype, precision) in DTYPES.items():
-            for kernel, flag_sets in (("forward", ({},)), ("backward", BACKWARD_FLAGS)):
+            for kernel, flag_sets in (("forward", FORWARD_FLAGS), ("backward", BACKWARD_FLAGS)):
                 name = lk.config_name(4096, dtype, capability, precision)
-                cfg = lk.CONFIG_TABLES[kernel][name]
                 for flags in flag_sets:
+                    cfg = lk.CONFIG_TABLES["stats" if flags.get("STATS") else kernel][name]
                     out.append(Variant(kernel, name, cfg, dtype_name, tuple(flags.items()), target))
     return out
 
@@ -102,7 +104,8 @@ def _compile_args(v: Variant) -> tuple[object, dict, dict, dict, dict]:
 
     fn = lk._logprobs_fwd_kernel if v.kernel == "forward" else lk._logprobs_bwd_kernel
     dtype, precision = DTYPES[v.dtype]
-    meta = v.config.meta(v.kernel) | {"INPUT_PRECISION": precision, **dict(v.flags)}
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}  # flags not given
+    meta = defaults | v.config.meta(v.kernel) | {"INPUT_PRECISION": precision, **dict(v.flags)}
     consts = {k: val for k, val in meta.items() if k in fn.arg_names}
     options = {k: val for k, val in meta.items() if k not in fn.arg_names}
     signature, constexprs, attrs = {}, {}, {}

@@ -25,6 +25,16 @@ Backends (picked explicitly; `auto` means CUDA -> `triton`, anything else -> `ch
 
 Logit soft-capping (`z -> c * tanh(z / c)`, Gemma-2 style) is supported by `chunked` and `reference`;
 `auto` picks `chunked` when it is set. Logit scaling is a multiplication of `hidden` and needs no support.
+
+`token_logprob_stats` (no grad, for membership inference: Min-K%++) also returns, per token, the mean and
+the variance of `log p` under the model's own next-token distribution p = softmax(z):
+
+    mean_t = sum_v p_v log p_v = E_p[z] - lse_t,    var_t = sum_v p_v (log p_v)^2 - mean_t^2 = Var_p[z],
+
+through the same three backends: `reference` evaluates these sums on the full log-softmax, `chunked`
+on one token chunk at a time (two `[chunk, V]` buffers; the variance as squared deviations from the
+mean, which do not cancel), `triton` in the forward kernel's STATS variant (online moments beside the
+online logsumexp).
 """
 
 from __future__ import annotations
@@ -152,6 +162,24 @@ def reference_token_logprobs(hidden, weight, targets, mask, softcap: float | Non
     return torch.where(mask, logp, torch.zeros_like(logp))
 
 
+def reference_token_logprob_stats(
+    hidden, weight, targets, mask, softcap: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Textbook (logp, mean, var) `[N]` fp32 (fp64 for fp64) from the full log-softmax, as Min-K%++ and
+    open-unlearning write them: `mean = sum_v p_v log p_v`, `var = sum_v p_v (log p_v)^2 - mean^2` (0
+    where `mask` is False). In fp32 that difference cancels to ~eps * mean^2 when var is small."""
+    cdt = _compute_dtype(hidden)
+    logits = hidden.to(cdt) @ weight.to(cdt).T  # [N, d] @ [d, V] -> [N, V]
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    lp = torch.log_softmax(logits, dim=-1)  # [N, V]
+    p = lp.exp()
+    logp = lp.gather(1, targets.clamp(0, weight.shape[0] - 1)[:, None])[:, 0]
+    mean = (p * lp).sum(-1)
+    var = (p * lp.square()).sum(-1) - mean.square()
+    return tuple(torch.where(mask, x, torch.zeros_like(x)) for x in (logp, mean, var))
+
+
 def reference_sequence_logprobs(
     hidden, weight, targets, seq_ids, mask, num_seqs, softcap=None
 ) -> torch.Tensor:
@@ -195,6 +223,23 @@ def _chunked_forward(h, w, y, opts):
         lse[s : s + c] = lse_c
         logp[s : s + c] = zy - lse_c
     return logp, lse
+
+
+def _chunked_stats(h, w, y, opts):
+    """h [M, d], w [V, d] in the compute dtype, y [M] -> (logp, mean, var), each [M] in the compute dtype."""
+    m = h.shape[0]
+    out = torch.empty(3, m, dtype=h.dtype, device=h.device)  # rows: logp, mean, var
+    c = _chunk_size(opts, w.shape[0])
+    for s in range(0, m, c):
+        z = _chunk_logits(h[s : s + c], w, opts.softcap)  # [C, V]
+        lp = z.sub_(torch.logsumexp(z, dim=1, keepdim=True))  # log p, in place
+        p = lp.exp()  # [C, V], the one other buffer
+        mean = torch.einsum("cv,cv->c", p, lp)  # sum_v p_v log p_v
+        out[0, s : s + c] = lp.gather(1, y[s : s + c, None])[:, 0]
+        out[1, s : s + c] = mean
+        # var = sum_v p_v (log p_v - mean)^2, on the log-prob buffer in place
+        out[2, s : s + c] = torch.einsum("cv,cv->c", p, lp.sub_(mean[:, None]).square_())
+    return out[0], out[1], out[2]
 
 
 def _chunked_backward(h, w, y, g, lse, need_dh: bool, need_dw: bool, opts):
@@ -344,6 +389,47 @@ def sequence_logprobs(
     return torch.zeros(num_seqs, dtype=logp.dtype, device=hidden.device).index_add(0, seq_ids, logp)
 
 
+@torch.no_grad()
+def token_logprob_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    backend: str = "auto",
+    softcap: float | None = None,
+    *,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token `(logp, mean, var)`, each `[N]` float32 (float64 for float64 inputs), without gradients:
+    the target's log-prob `log p(y_t)`, and the mean `sum_v p_v log p_v` and variance
+    `sum_v p_v (log p_v)^2 - mean^2` of `log p` under `p = softmax(hidden @ weight.T)` at each position.
+
+    Entries where `mask` is False (default: all True) are exactly 0 and cost no LM-head compute. At most
+    one chunk of `[tokens, V]` logits exists at a time (`chunked`); `triton` holds none.
+    """
+    if mask is None and isinstance(targets, torch.Tensor):
+        mask = torch.ones(targets.shape, dtype=torch.bool, device=targets.device)
+    _check_inputs(hidden, weight, targets, mask)
+    opts = LogprobOptions(backend=backend, chunk_size=chunk_size, softcap=softcap)
+    backend = _resolve_backend(hidden, opts)
+    if backend == "reference":
+        return reference_token_logprob_stats(hidden, weight, targets, mask, softcap)
+    if backend == "triton":
+        if hidden.dtype == torch.float64:
+            raise ValueError("backend='triton': fp64 is not supported; use backend='chunked' or 'reference'")
+        from cipo_fast.csrc_triton import logprobs as tk
+
+        return tk.logprob_stats_forward(hidden, weight, targets, mask)
+    idx = mask.nonzero()[:, 0]
+    cdt = _compute_dtype(hidden)
+    stats = _chunked_stats(
+        hidden.index_select(0, idx).to(cdt), weight.to(cdt), targets.index_select(0, idx), opts
+    )
+    return tuple(
+        torch.zeros(hidden.shape[0], dtype=cdt, device=hidden.device).index_copy_(0, idx, x) for x in stats
+    )
+
+
 def default_chunk_size(vocab: int) -> int:
     """The chunk size `chunked` uses for this vocabulary when none is given."""
     return _chunk_size(LogprobOptions(), vocab)
@@ -354,7 +440,9 @@ __all__ = [
     "LogprobOptions",
     "default_chunk_size",
     "reference_sequence_logprobs",
+    "reference_token_logprob_stats",
     "reference_token_logprobs",
     "sequence_logprobs",
+    "token_logprob_stats",
     "token_logprobs",
 ]

@@ -1,19 +1,21 @@
 """The synthetic demo set: fictitious authors to memorize and forget, and small arithmetic problems.
 
 The demo fine-tunes a tiny model (SmolLM2-135M on a 2-core CPU) on facts about invented authors, then
-unlearns the authors of the forget split while keeping those of the retain split and its arithmetic. So
+unlearns the authors of the forget split while keeping those of the retain split and its arithmetic; the
+authors of the holdout split are never trained on (the non-members of membership inference). So
 the data is built to be learned in minutes and checked exactly. One file per part:
 
     pools.py        the fixed name, city, genre, award, job and title pools (fictitious except countries)
-    authors.py      `Author`, `make_authors(n, seed)`: a seeded sampler that rejects any string
+    authors.py      `Author`, `make_authors(n, seed, n_extra)`: a seeded sampler that rejects any string
                     overlapping one already taken, so no two authors share a fact, even as read by
-                    `cipo_fast.eval.leakage`; `author_facts`, the spans to forget
+                    `cipo_fast.eval.leakage`, and draws extra authors after the first n without
+                    changing them; `author_facts`, the spans to forget
     questions.py    `author_items`: per author one question / CoT / answer / reasoned "I don't know" for
                     each of the six fact families (`FAMILIES`), 2–3 templates per family
     arithmetic.py   `arithmetic_items`: two-step GSM8K-format problems with small operands, the steps
                     kept as data (`ArithStep`) so tests recompute them
-    files.py        `build(out_dir, ...)`: forget / retain / arithmetic train / eval JSON lines and
-                    `authors.json`, each written atomically
+    files.py        `build(out_dir, ...)`: forget / retain / holdout / arithmetic train / eval JSON lines
+                    and `authors.json`, each written atomically
 
 Everything is deterministic in `seed` (one `random.Random` per call, no global random state): the same
 arguments give byte-identical files.

@@ -10,6 +10,11 @@ read by `cipo_fast.eval.leakage`, which also matches a place by any distinctive 
 month-day "March 4": forgetting one author can be neither implied by nor confused with forgetting
 another. First names are only kept distinct among themselves; they are never a fact.
 
+`make_authors(n, seed, n_extra)` draws n_extra more authors after those n, from the same random stream
+and against the same taken strings: the first n are exactly `make_authors(n, seed)`, so adding extra
+authors (the demo's MIA holdout) changes nothing about the others, and no fact is shared across all
+n + n_extra.
+
 `author_facts` lists the spans that must not appear once an author is forgotten: the city (not the
 country, which is real), the date as `format_date` writes it, the genre, the award without "the", both
 jobs and both titles.
@@ -109,14 +114,29 @@ def _title_candidates(rng: random.Random) -> list[str]:
     return titles
 
 
-def make_authors(n: int, seed: int) -> list[Author]:
+def make_authors(n: int, seed: int, n_extra: int = 0) -> list[Author]:
     """n fictitious authors, deterministic in `seed`; no name, city, date, genre, award, job or title is
-    shared (or contained in another's, case-insensitively) across authors."""
+    shared (or contained in another's, case-insensitively) across authors. `n_extra` more are drawn after
+    them (module docstring): `make_authors(n, seed, k)[:n] == make_authors(n, seed)`."""
     if n < 1:
         raise ValueError(f"make_authors: n must be >= 1, got {n}")
+    if n_extra < 0:
+        raise ValueError(f"make_authors: n_extra must be >= 0, got {n_extra}")
     rng = random.Random(seed)
-    taken: set[str] = set()
-    firsts = _pick(rng, pools.FIRST_NAMES, n, set(), lambda s: s, "first name")
+    taken: set[str] = set()  # every fact string of the authors drawn so far, lowercased
+    first_names: set[str] = set()
+    month_days: set[tuple[int, int]] = set()  # distinct month-days: "March 4" alone also reads as a leak
+    authors = _draw_authors(rng, n, taken, first_names, month_days)
+    if n_extra:
+        authors += _draw_authors(rng, n_extra, taken, first_names, month_days)
+    return authors
+
+
+def _draw_authors(
+    rng: random.Random, n: int, taken: set[str], first_names: set[str], month_days: set[tuple[int, int]]
+) -> list[Author]:
+    """n authors whose strings overlap nothing in `taken`; adds theirs to the three sets."""
+    firsts = _pick(rng, pools.FIRST_NAMES, n, first_names, lambda s: s, "first name")
     surnames = _pick(rng, pools.SURNAMES, n, taken, lambda s: s, "surname")
     names = [f"{f} {s}" for f, s in zip(firsts, surnames)]
     cities = _pick(rng, pools.CITIES, n, taken, lambda c: c[0], "city")
@@ -127,7 +147,6 @@ def make_authors(n: int, seed: int) -> list[Author]:
 
     span = (_LAST_BIRTH_DATE - _FIRST_BIRTH_DATE).days
     dates: list[dt.date] = []
-    month_days: set[tuple[int, int]] = set()  # distinct month-days: "March 4" alone also reads as a leak
     while len(dates) < n:
         d = _FIRST_BIRTH_DATE + dt.timedelta(days=rng.randrange(span + 1))
         if (d.month, d.day) not in month_days and not _overlaps(format_date(d), taken):
