@@ -80,6 +80,10 @@ class CipoConfig:
     )
     gen_max_new_tokens: int = opt(192, "new tokens per sampled trace", ge=1)
     gen_batch_size: int = opt(128, "rows (prompts x samples, all strategies) per generation batch", ge=1)
+    leak_judge: Literal["meaning", "spans"] = opt(
+        "meaning",
+        "what counts as a leak in the rounds: key-fact spans or restated facts (meaning), or spans only",
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "round_strategies", tuple(self.round_strategies))

@@ -69,6 +69,7 @@ def _eval(cfg: DemoConfig, model: str, out: Path, data: dict, label: str) -> dic
             forget=str(data["forget"]),
             retain=str(data["retain"]),
             utility=str(data["arithmetic_eval"]),
+            holdout=str(data["holdout"]) if "holdout" in data else None,
             samples=cfg.eval_samples,
             max_new_tokens=cfg.max_new_tokens,
             seed=cfg.seed,

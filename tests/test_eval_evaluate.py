@@ -7,8 +7,9 @@ import pytest
 
 from cipo_fast.data.items import Item, load_gsm8k, load_items
 from cipo_fast.eval.evaluate import EvalConfig, main
+from cipo_fast.eval.key_facts import item_facts
 from cipo_fast.eval.predictions import read_predictions
-from cipo_fast.eval.scoring import item_facts, score_sample, summarize_forget
+from cipo_fast.eval.scoring import score_sample, summarize_forget
 from cipo_fast.model.generation import make_strategies
 
 ITEMS = [

@@ -31,7 +31,9 @@ from cipo_fast.config import TrainConfig
 from cipo_fast.data.formats import load_singles
 from cipo_fast.data.io import append_jsonl, read_jsonl, read_log, write_json, write_jsonl
 from cipo_fast.data.items import load_items
-from cipo_fast.eval.scoring import item_facts, sample_forget, summarize_forget
+from cipo_fast.eval.judge import JudgeConfig, LeakJudge
+from cipo_fast.eval.key_facts import item_facts
+from cipo_fast.eval.scoring import sample_forget, summarize_forget
 from cipo_fast.model.generation import GenConfig, make_strategies
 from cipo_fast.model.loading import quiet_transformers, save_final
 from cipo_fast.train import checkpoint
@@ -74,6 +76,7 @@ class Setup:
     cf_cfg: CounterfactualConfig
     seeds: dict | None
     alternatives: dict | None
+    judge: LeakJudge  # decides what leaks: in sampling, in the counterfactual filter, at the redirect cut
     policy: Policy
     work: Path
 
@@ -103,13 +106,15 @@ def main(cfg: TrainConfig) -> dict:
     if cfg.retain and cfg.retain_weight > 0 and not retain:
         raise ValueError(f"--retain {cfg.retain}: the retain set is empty but a retain term is asked for")
     strategies = make_strategies(c.round_strategies, c.round_samples, tok.reasoning)
+    retain_items = (
+        load_items(cfg.retain, require_answer=False) if cfg.retain and _are_items(cfg.retain) else []
+    )
+    judge = LeakJudge(items, JudgeConfig(semantic=c.leak_judge == "meaning"), pool_items=retain_items)
     retain_pairs: dict = {}
-    if cfg.retain and c.retain_pairs and _are_items(cfg.retain):
+    if retain_items and c.retain_pairs:
         prefills = tuple(dict.fromkeys(st.prefill for st in strategies if st.prefill))
         cf = CounterfactualConfig(target=c.cf_target)
-        retain_pairs = retain_mirror_pairs(
-            load_items(cfg.retain, require_answer=False), tok, cf, cfg.retain, prefills
-        )
+        retain_pairs = retain_mirror_pairs(retain_items, tok, cf, cfg.retain, prefills)
         retain_pairs[OWN] = []  # filled round by round from the forget pairs (`own_mirrors`)
     seeds = load_seeds(c.cf_seeds, items) if c.cf_seeds else None
     alternatives = load_alternatives(c.cf_alternatives) if c.cf_alternatives else None
@@ -144,6 +149,7 @@ def main(cfg: TrainConfig) -> dict:
         ),
         seeds,
         alternatives,
+        judge,
         policy,
         work,
     )
@@ -193,7 +199,7 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
     timing = {}
 
     # 1-2. sample and score the current policy
-    scored = sample_forget(model, s.tok, s.items, s.strategies, gen, progress=cfg.progress)
+    scored = sample_forget(model, s.tok, s.items, s.strategies, gen, cfg.progress, s.judge)
     timing["sample_s"] = round(time.perf_counter() - t0, 1)
     per_strategy, mcs, rows = summarize_forget(s.items, scored, s.strategies)
     write_jsonl(rdir / "samples.jsonl", rows)
@@ -226,6 +232,7 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
         seeds=s.seeds,
         alternatives=s.alternatives,
         progress=cfg.progress,
+        judge=s.judge,
     )
     pair_rows = build_pairs(
         leaking,
@@ -237,6 +244,7 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
         c.max_pairs_per_item,
         s.cf_cfg,
         s.alternatives,
+        s.judge,
     )
     write_jsonl(rdir / "pairs.jsonl", pair_rows)
     pairs = tokenize_pairs(pair_rows, s.items, s.tok, rdir / "pairs.jsonl")

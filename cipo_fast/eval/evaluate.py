@@ -19,12 +19,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
+from typing import Literal
 
 from cipo_fast.data.io import write_json, write_jsonl
 from cipo_fast.data.items import Item, load_gsm8k, load_items
 from cipo_fast.data.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningFormat
 from cipo_fast.eval.embedder import Embedder
+from cipo_fast.eval.fluency import fluency
+from cipo_fast.eval.judge import JudgeConfig, LeakJudge
 from cipo_fast.eval.metrics import aggregate
+from cipo_fast.eval.mia import membership_inference, privleak
+from cipo_fast.eval.rtofu import rtofu_summary
 from cipo_fast.eval.scoring import accuracy_set, sample_forget, summarize_forget
 from cipo_fast.model.generation import STRATEGY_NAMES, GenConfig, make_strategies
 from cipo_fast.options import check_fields, opt
@@ -48,6 +53,9 @@ class EvalConfig:
     utility: str | None = opt(None, "GSM8K-format JSONL (reasoning accuracy)")
     real_authors: str | None = opt(None, "R-TOFU real_authors set (key-fact accuracy)")
     world_facts: str | None = opt(None, "R-TOFU world_facts set (key-fact accuracy)")
+    holdout: str | None = opt(
+        None, "items the model never trained on: membership inference, forget vs holdout"
+    )
     task_ids: tuple[int, ...] | None = opt(None, "R-TOFU folds to select from --forget, e.g. 1 or 1 2")
     strategies: tuple[str, ...] = opt(STRATEGY_NAMES, "decoding strategies", choices=STRATEGY_NAMES)
     samples: int = opt(2, "samples per sampling strategy", ge=1)
@@ -56,6 +64,13 @@ class EvalConfig:
     max_new_tokens: int = opt(256, "new tokens per generation", ge=1)
     batch_size: int = opt(128, "rows (prompts x samples, all strategies) per generation batch", ge=1)
     seed: int = opt(0, "sampling seed")
+    judge: Literal["meaning", "spans"] = opt(
+        "meaning", "leak judge: key-fact spans or restated facts (meaning), or spans only (the earlier judge)"
+    )
+    fluency: bool = opt(
+        True, "fluency of the outputs: repetition, token entropy, log-prob under the original model"
+    )
+    mia_k: float = opt(0.4, "Min-K% / Min-K%++ share of tokens (open-unlearning's default 0.4)", gt=0, le=1)
     prompt_format: str = opt(
         "auto", "auto | chat | raw (see cipo-fast train --help)", choices=("auto", "chat", "raw")
     )
@@ -95,7 +110,7 @@ def load_sets(cfg: EvalConfig) -> dict[str, list[Item]]:
     sets = {"forget": load_items(cfg.forget, task_ids=task_ids, limit=cfg.limit)}
     if not any(it.facts or it.answer.strip() for it in sets["forget"]):
         raise ValueError(f"--forget {cfg.forget}: no item has an answer; leakage needs the gold answers")
-    for key in ("retain", "real_authors", "world_facts"):
+    for key in ("retain", "real_authors", "world_facts", "holdout"):
         if path := getattr(cfg, key):
             sets[key] = load_items(path, limit=cfg.limit)
     if cfg.utility:
@@ -103,12 +118,22 @@ def load_sets(cfg: EvalConfig) -> dict[str, list[Item]]:
     return sets
 
 
-def evaluate_model(model, tok, sets: dict[str, list[Item]], cfg: EvalConfig) -> tuple[dict, list[dict]]:
-    """Generate and score every set with a loaded model; returns (summary, item rows)."""
+def make_judge(sets: dict[str, list[Item]], cfg: EvalConfig) -> LeakJudge:
+    """The leak judge of the forget set; the other sets' facts serve as its alternatives."""
+    pool = [it for key in ("retain", "real_authors", "world_facts", "holdout") for it in sets.get(key, [])]
+    return LeakJudge(sets["forget"], JudgeConfig(semantic=cfg.judge == "meaning"), pool_items=pool)
+
+
+def evaluate_model(
+    model, tok, sets: dict[str, list[Item]], cfg: EvalConfig, judge: LeakJudge, original=None
+) -> tuple[dict, list[dict]]:
+    """Generate and score every set with a loaded model; returns (summary, item rows). `original` (the
+    model before unlearning, when known) scores the outputs' fluency and is the reference of membership
+    inference; without it the model scores its own outputs."""
     t0 = time.perf_counter()
     strategies = make_strategies(cfg.strategies, cfg.samples, tok.reasoning)
     gen = GenConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
-    scored = sample_forget(model, tok, sets["forget"], strategies, gen, cfg.progress)
+    scored = sample_forget(model, tok, sets["forget"], strategies, gen, cfg.progress, judge)
     per_strategy, mcs, rows = summarize_forget(sets["forget"], scored, strategies)
     extra = {}
     for key in ACCURACY_SETS:
@@ -119,22 +144,71 @@ def evaluate_model(model, tok, sets: dict[str, list[Item]], cfg: EvalConfig) -> 
             )
             extra[key] = metrics
             rows.extend({"set": key, **r} for r in set_rows)
-    add_cosine(sets["forget"], rows, tok.reasoning)
+    embedder = judge.embedder() if Embedder.available() else None
+    add_cosine(sets["forget"], rows, tok.reasoning, embedder)
     summary = aggregate(per_strategy, mcs, extra)
+    if cfg.fluency:
+        summary["fluency"] = add_fluency(original or model, tok, sets, rows, strategies)
+    summary["rtofu"] = rtofu_summary(sets, rows, tok.reasoning, tok.tok, embedder)
+    if "holdout" in sets:
+        summary["mia"] = membership_inference(
+            model, tok, sets["forget"], sets["holdout"], reference_model=original, k=cfg.mia_k
+        )
+        for part in ("answer", "cot"):  # open-unlearning's privleak with no retain model: reference AUC 0.5
+            for entry in summary["mia"].get(part, {}).get("attacks", {}).values():
+                entry["privleak"] = privleak(entry["auc"], 0.5)
     summary["timing"] = {"seconds": round(time.perf_counter() - t0, 1)}
     return summary, rows
 
 
-def add_cosine(items: list[Item], rows: list[dict], reasoning: ReasoningFormat) -> None:
-    """Embedding cosine of each forget answer to the gold answer, when the MiniLM package is installed."""
-    if not Embedder.available():
+def add_cosine(items: list[Item], rows: list[dict], reasoning: ReasoningFormat, embedder) -> None:
+    """Embedding cosine of each forget answer to the gold answer, when an embedder is available."""
+    if embedder is None:
         return
-    emb = Embedder()
     gold = {it.id: it.answer for it in items}
     for r in rows:
         if r.get("set") == "forget" and r.get("outputs"):
             answers = [reasoning.split(o).answer for o in r["outputs"]]
-            r["cosine_answer"] = mean(emb.cosine(a, gold[r["id"]]) if a.strip() else 0.0 for a in answers)
+            r["cosine_answer"] = mean(
+                _cosine(embedder, a, gold[r["id"]]) if a.strip() else 0.0 for a in answers
+            )
+
+
+def _cosine(embedder, a: str, b: str) -> float:
+    ea, eb = embedder.embed([a, b])
+    return float(ea @ eb)
+
+
+def add_fluency(scorer, tok, sets, rows: list[dict], strategies) -> dict:
+    """Fluency of every forget output and retain answer (`fluency.fluency`, log-probs under `scorer`):
+    per strategy and for the retain set, the means; per row, the per-output values."""
+    by_id = {name: {it.id: it for it in items} for name, items in sets.items()}
+    prefills = {st.name: st.prefill for st in strategies}
+    jobs = []  # (row, prompt ids with the strategy's prefill, generated text)
+    for r in rows:
+        if r.get("set") == "forget":
+            prompt = tok.prompt_ids(by_id["forget"][r["id"]].question)
+            pre = prefills.get(r["strategy"], "")
+            ids = prompt + tok.text_ids(pre) if pre else prompt
+            jobs += [(r, ids, o[len(pre) :]) for o in r["outputs"]]
+        elif r.get("set") == "retain":
+            jobs.append((r, tok.prompt_ids(by_id["retain"][r["id"]].question), r["output"]))
+    if not jobs:
+        return {}
+    scores = fluency(scorer, tok, [p for _, p, _ in jobs], [t for _, _, t in jobs])
+    groups: dict[str, list[dict]] = {}
+    for (r, _, _), sc in zip(jobs, scores):
+        r.setdefault("fluency", []).append(sc)
+        groups.setdefault(r["strategy"] if r["set"] == "forget" else "retain", []).append(sc)
+    return {
+        g: {k: _mean_or_none([x[k] for x in v]) for k in ("repetition_rate", "token_entropy", "mean_logprob")}
+        for g, v in groups.items()
+    }
+
+
+def _mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return mean(values) if values else None
 
 
 def _write_outputs(where: Path, summary: dict, rows: list[dict]) -> None:
@@ -155,7 +229,9 @@ def main(cfg: EvalConfig) -> dict:
     sets = load_sets(cfg)  # bad input fails here, before anything is loaded or written
     run = RunDir.plan(cfg.out, "eval", overwrite=cfg.overwrite)
     if cfg.predictions:
-        summary, rows = evaluate_predictions(cfg.predictions, sets["forget"], cfg.samples, cfg.reasoning)
+        summary, rows = evaluate_predictions(
+            cfg.predictions, sets["forget"], cfg.samples, cfg.reasoning, make_judge(sets, cfg)
+        )
         summary.update(model=None, predictions=cfg.predictions, label=cfg.label, config=asdict(cfg))
         work = run.start()
         _write_outputs(work, summary, rows)
@@ -170,19 +246,23 @@ def main(cfg: EvalConfig) -> dict:
     work = None
 
     def evaluate_source(source: str, label: str, sub: str) -> tuple[dict, list[dict]]:
+        nonlocal work, original
         model, hf_tok = load_model(
             source, ModelOptions(dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
         )
         fmt = TextFormat(
             prompt_format=cfg.prompt_format, reasoning=cfg.reasoning, system_prompt=cfg.system_prompt
         )
-        summary, rows = evaluate_model(model, Tokenizer(hf_tok, fmt), sets, cfg)
+        summary, rows = evaluate_model(model, Tokenizer(hf_tok, fmt), sets, cfg, judge, original)
         summary.update(model=source, label=label, config=asdict(cfg))
-        nonlocal work
+        if sub == "before":
+            original = model
         work = work or run.start()
         _write_outputs(work / sub if sub else work, summary, rows)
         return summary, rows
 
+    judge = make_judge(sets, cfg)
+    original = None  # the model before unlearning: scores fluency and is the MIA reference
     before = evaluate_source(cfg.model_before, "before", "before")[0] if cfg.model_before else None
     summary, rows = evaluate_source(cfg.model, cfg.label or ("after" if before else "model"), "")
     report.render_report(work, summary, before=before, items=rows)

@@ -349,3 +349,8 @@ def _facts_from_spans(answer: str, spans: list[tuple[int, int, str]], question: 
         if fact and normalize(span) not in out:
             out[normalize(span)] = fact
     return list(out.values())
+
+
+def item_facts(item) -> list[Fact]:
+    """The key facts of an item (`cipo_fast.data.items.Item`): its listed facts, else those of its answer."""
+    return key_facts(item.question, item.answer, list(item.facts) if item.facts else None)

@@ -14,8 +14,9 @@ from cipo_fast.data.formats import text_field
 from cipo_fast.data.io import read_jsonl
 from cipo_fast.data.items import Item
 from cipo_fast.data.reasoning import ReasoningFormat
+from cipo_fast.eval.key_facts import item_facts
 from cipo_fast.eval.metrics import aggregate
-from cipo_fast.eval.scoring import item_facts, score_sample, summarize_forget
+from cipo_fast.eval.scoring import score_sample, summarize_forget
 from cipo_fast.model.generation import STRATEGY_NAMES, Strategy, make_strategies
 
 
@@ -62,14 +63,15 @@ def predictions_strategy(name: str, samples: int, reasoning: ReasoningFormat) ->
 
 
 def evaluate_predictions(
-    path, items: list[Item], samples: int, reasoning: ReasoningFormat
+    path, items: list[Item], samples: int, reasoning: ReasoningFormat, judge=None
 ) -> tuple[dict, list[dict]]:
-    """(summary, item rows) of a predictions file against the forget `items`."""
+    """(summary, item rows) of a predictions file against the forget `items`; `judge` (a `LeakJudge` of the
+    items) decides leaks, else key-fact spans."""
     preds = read_predictions(path, items)
     strategies = [predictions_strategy(n, samples, reasoning) for n in preds]
     facts = {it.id: item_facts(it) for it in items}
     scored = [
-        score_sample(it, facts[it.id], st, o, reasoning)
+        score_sample(it, facts[it.id], st, o, reasoning, judge)
         for st in strategies
         for it in items
         for o in preds[st.name][it.id]

@@ -18,14 +18,14 @@ training and during evaluation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import mean
 
 from cipo_fast.data.items import Item
 from cipo_fast.data.reasoning import DEFAULT_FORMAT, ReasoningFormat
-from cipo_fast.eval.facts import Fact
 from cipo_fast.eval.gsm8k import extract_final_number, numbers_match
-from cipo_fast.eval.key_facts import key_facts
+from cipo_fast.eval.judge import Leak, LeakJudge
+from cipo_fast.eval.key_facts import item_facts
 from cipo_fast.eval.leakage import find_leaks, stepwise_leakage
 from cipo_fast.eval.rouge import rouge_l_recall
 from cipo_fast.model.generation import GenConfig, Strategy, generate, generate_many, make_strategies
@@ -47,6 +47,8 @@ class Scored:
     rouge_answer: float
     rouge_cot: float | None
     stepwise_cot: float | None
+    evidence_cot: list = field(default_factory=list)  # Leak records of the CoT
+    evidence_answer: list = field(default_factory=list)
 
     @property
     def leak_cot(self) -> bool:
@@ -61,16 +63,27 @@ class Scored:
         return self.leak_cot or self.leak_answer
 
 
-def item_facts(item: Item) -> list[Fact]:
-    return key_facts(item.question, item.answer, list(item.facts) if item.facts else None)
-
-
 def score_sample(
-    item: Item, facts, strategy: Strategy, output: str, reasoning: ReasoningFormat = DEFAULT_FORMAT
+    item: Item,
+    facts,
+    strategy: Strategy,
+    output: str,
+    reasoning: ReasoningFormat = DEFAULT_FORMAT,
+    judge: LeakJudge | None = None,
 ):
+    """Score one output of a forget item; `judge` (built with the item) decides leaks, else the spans of
+    `facts`."""
     parts = reasoning.split(output)
     free = strategy.has_free_cot
     cot = parts.cot if free else ""
+    if judge is not None:
+        cot_leaks = judge.leaks(item.id, cot) if free else []
+        answer_leaks = judge.leaks(item.id, parts.answer)
+        step_leaks = judge.stepwise(item.id, cot) if free else None
+    else:
+        cot_leaks = [Leak(f, "span", f) for f in find_leaks(cot, facts)] if free else []
+        answer_leaks = [Leak(f, "span", f) for f in find_leaks(parts.answer, facts)]
+        step_leaks = stepwise_leakage(cot, facts) if free else None
     return Scored(
         item_id=item.id,
         strategy=strategy.name,
@@ -78,12 +91,14 @@ def score_sample(
         cot=parts.cot,
         answer=parts.answer,
         closed=parts.closed,
-        leaked_cot=find_leaks(cot, facts) if free else [],
-        leaked_answer=find_leaks(parts.answer, facts),
+        leaked_cot=list(dict.fromkeys(x.fact for x in cot_leaks)),
+        leaked_answer=list(dict.fromkeys(x.fact for x in answer_leaks)),
         free_cot=free,
         rouge_answer=rouge_l_recall(parts.answer, item.answer),
         rouge_cot=rouge_l_recall(cot, item.cot or item.answer) if free else None,
-        stepwise_cot=stepwise_leakage(cot, facts) if free else None,
+        stepwise_cot=step_leaks,
+        evidence_cot=[x.record() for x in cot_leaks],
+        evidence_answer=[x.record() for x in answer_leaks],
     )
 
 
@@ -93,7 +108,13 @@ def prompts_for(items: list[Item], tok) -> list[str]:
 
 
 def sample_forget(
-    model, tok, items: list[Item], strategies: list[Strategy], gen: GenConfig, progress: bool = False
+    model,
+    tok,
+    items: list[Item],
+    strategies: list[Strategy],
+    gen: GenConfig,
+    progress: bool = False,
+    judge: LeakJudge | None = None,
 ) -> list[Scored]:
     """Generate every strategy's samples for every forget item and score them (used by eval and CiPO)."""
     prompts = prompts_for(items, tok)
@@ -109,7 +130,7 @@ def sample_forget(
     )
     for st, job in zip(strategies, texts):
         for it, f, outs in zip(items, facts, job):
-            out.extend(score_sample(it, f, st, o, tok.reasoning) for o in outs)
+            out.extend(score_sample(it, f, st, o, tok.reasoning, judge) for o in outs)
     return out
 
 
@@ -141,6 +162,7 @@ def summarize_forget(items: list[Item], scored: list[Scored], strategies: list[S
                     "leak_any": mean(s.leaks for s in ss),
                     "leaked_cot": sorted({x for s in ss for x in s.leaked_cot}),
                     "leaked_answer": sorted({x for s in ss for x in s.leaked_answer}),
+                    "leak_evidence": [{"cot": s.evidence_cot, "answer": s.evidence_answer} for s in ss],
                     "rouge_answer": mean(s.rouge_answer for s in ss),
                     "rouge_cot": _mean_or_none([s.rouge_cot for s in ss]),
                     "stepwise_cot": _mean_or_none([s.stepwise_cot for s in ss]),
@@ -166,6 +188,8 @@ def summarize_forget(items: list[Item], scored: list[Scored], strategies: list[S
 
 
 def fact_recall(item: Item, answer: str) -> float:
+    """Share of the item's key facts that `answer` states as spans (retain-like accuracy; a retained fact
+    must be stated, not merely alluded to), or ROUGE-L recall >= 0.5 for an answer without facts."""
     facts = item_facts(item)
     if not facts:
         return float(rouge_l_recall(answer, item.answer) >= 0.5)

@@ -101,42 +101,63 @@ def reaches_target(cot: str, answer: str, target: str, alternative: str | None) 
     return bool(UNCERTAINTY.search(answer)) and bool(UNCERTAINTY.search(last))
 
 
+def leaks_in(text: str, facts, judge=None, item_id: str | None = None) -> bool:
+    """Whether `text` states one of `facts` as a span or, with a `LeakJudge` that knows `item_id`, leaks
+    that item in other words (the evaluation's own decision)."""
+    if find_leaks(text, facts):
+        return True
+    return judge is not None and item_id in judge.items and bool(judge.leaks(item_id, text))
+
+
 def passes_filter(
-    cot: str, answer: str, closed: bool, facts, cfg: CounterfactualConfig, alternative: str | None = None
+    cot: str,
+    answer: str,
+    closed: bool,
+    facts,
+    cfg: CounterfactualConfig,
+    alternative: str | None = None,
+    judge=None,
+    item_id: str | None = None,
 ) -> bool:
     if not closed or len(cot.split()) < cfg.min_cot_words or not answer.strip():
         return False
-    if find_leaks(cot, facts) or find_leaks(answer, facts):
+    if leaks_in(cot, facts, judge, item_id) or leaks_in(answer, facts, judge, item_id):
         return False
     return reaches_target(cot, answer, cfg.target, alternative)
 
 
-def leak_free_prefix(cot: str, facts) -> str:
-    """The CoT up to (not including) its first sentence that leaks a fact, in its original formatting."""
+def leak_free_prefix(cot: str, facts, judge=None, item_id: str | None = None) -> str:
+    """The CoT up to (not including) its first sentence that leaks, in its original formatting."""
     pos = 0
     for sentence in split_sentences(cot):
         start = cot.find(sentence, pos)
         if start < 0:  # split_sentences normalizes nothing, so this is only a safeguard
             break
-        if find_leaks(sentence, facts):
+        if leaks_in(sentence, facts, judge, item_id):
             return cot[:start]
         pos = start + len(sentence)
     return cot
 
 
 def redirect_trace(
-    item: Item, cot: str, facts, index: int, cfg: CounterfactualConfig, alternative: str | None = None
+    item: Item,
+    cot: str,
+    facts,
+    index: int,
+    cfg: CounterfactualConfig,
+    alternative: str | None = None,
+    judge=None,
 ) -> Chosen | None:
     """The leaking `cot` redirected at its first leak into a knowledge-boundary conclusion (None if the
     result fails the consistency filter)."""
-    prefix = leak_free_prefix(cot, facts).rstrip()
+    prefix = leak_free_prefix(cot, facts, judge, item.id).rstrip()
     turn = REDIRECTS[index % len(REDIRECTS)]
     answer = TEMPLATE_ANSWER
     if cfg.target == "alternative" and alternative:
         turn = turn.rsplit(". ", 1)[0] + f". So my answer is {alternative}."
         answer = alternative
     new_cot = f"{prefix} {turn}".strip()
-    if not passes_filter(new_cot, answer, True, facts, cfg, alternative):
+    if not passes_filter(new_cot, answer, True, facts, cfg, alternative, judge, item.id):
         return None
     return Chosen(item.id, new_cot, answer, "redirect")
 
@@ -157,9 +178,11 @@ def generate_counterfactuals(
     seeds: dict[str, list[tuple[str, str]]] | None = None,
     alternatives: dict[str, str] | None = None,
     progress: bool = False,
+    judge=None,
 ) -> dict[str, list[Chosen]]:
     """Filtered counterfactual traces per item id. `facts[id]` are the key facts that must not appear
-    (pass the union over all forget items to also keep other items' facts out)."""
+    (pass the union over all forget items to also keep other items' facts out); `judge` (a `LeakJudge` of
+    the items) also refuses traces that restate the item's own facts in other words."""
     if cfg.target not in ("uncertainty", "alternative"):
         raise ValueError(f"counterfactual target: expected uncertainty or alternative, got {cfg.target!r}")
     if cfg.target == "alternative" and not alternatives:
@@ -168,7 +191,7 @@ def generate_counterfactuals(
     alt = alternatives or {}
     for it in items:
         for cot, answer in (seeds or {}).get(it.id, []):
-            if passes_filter(cot, answer, True, facts[it.id], cfg, alt.get(it.id)):
+            if passes_filter(cot, answer, True, facts[it.id], cfg, alt.get(it.id), judge, it.id):
                 out[it.id].append(Chosen(it.id, cot.strip(), answer.strip(), "seed"))
     g = GenConfig(max_new_tokens=cfg.max_new_tokens, batch_size=gen.batch_size, seed=gen.seed + 17)
     kinds = (("boundary", BOUNDARY_PROMPT), ("alt_path", ALT_PATH_PROMPT))
@@ -187,7 +210,9 @@ def generate_counterfactuals(
         for it, outs in zip(items, job):
             for o in outs:
                 parts = tok.reasoning.split(o)
-                if passes_filter(parts.cot, parts.answer, parts.closed, facts[it.id], cfg, alt.get(it.id)):
+                if passes_filter(
+                    parts.cot, parts.answer, parts.closed, facts[it.id], cfg, alt.get(it.id), judge, it.id
+                ):
                     out[it.id].append(Chosen(it.id, parts.cot.strip(), parts.answer.strip(), source))
     for k, it in enumerate(items):
         if not out[it.id] and cfg.use_template_fallback:

@@ -33,8 +33,8 @@ from cipo_fast.data.formats import Pair
 from cipo_fast.data.items import Item, is_gsm8k
 from cipo_fast.data.packing import Sequence
 from cipo_fast.data.tokenize import Tokenizer
+from cipo_fast.eval.key_facts import item_facts
 from cipo_fast.eval.leakage import find_leaks
-from cipo_fast.eval.scoring import item_facts
 from cipo_fast.unlearning.counterfactual import (
     REDIRECTS,
     TEMPLATE_ANSWER,

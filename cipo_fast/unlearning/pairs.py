@@ -77,12 +77,13 @@ def build_pairs(
     max_pairs_per_item: int,
     cf_cfg: CounterfactualConfig,
     alternatives: dict | None = None,
+    judge=None,
 ) -> list[dict]:
     """(chosen, rejected) texts, built only from leaking outputs.
 
     * Every distinct leaking output with a free CoT is paired with its own redirect (shared leak-free
-      prefix, then a knowledge-boundary turn); if the redirect fails the filter, with one of the item's
-      counterfactual traces.
+      prefix, then a knowledge-boundary turn; `judge` decides where the first leak is); if the redirect
+      fails the filter, with one of the item's counterfactual traces.
     * Outputs of a strategy with a prefill (ZeroThink, LessThink) were generated after a forced think
       block: their pair is conditioned on it (`prefill`, part of the prompt) and compares answers only.
     * Each item whose counterfactual traces came from the policy or a seed also gets one pair of such a
@@ -118,7 +119,7 @@ def build_pairs(
             answer = alt.get(s.item_id) if cf_cfg.target == "alternative" else TEMPLATE_ANSWER
             add(s, answer, "answer", prefill)
             continue
-        c = redirect_trace(item, s.cot, facts[s.item_id], k, cf_cfg, alt.get(s.item_id))
+        c = redirect_trace(item, s.cot, facts[s.item_id], k, cf_cfg, alt.get(s.item_id), judge)
         if c is None and chosen.get(s.item_id):
             c = chosen[s.item_id][k % len(chosen[s.item_id])]
         if c is not None:

@@ -7,6 +7,7 @@ plus `report.html` into the run directory; `console_table` is the terminal versi
 * `summary.py`: the readers of a summary dict (null-tolerant numbers, percentages, names) the others share;
 * `figures.py`: `leakage_figure`, `comparison_figure`, `utility_figure` (matplotlib, no pyplot);
 * `console.py`: `console_table`;
+* `measures.py`: the sections for R-TOFU's aggregates, fluency and membership inference (with ROC curves);
 * `html.py`: `render_report` and the pieces of the page.
 
 Nothing in this package computes a metric: it only formats what evaluation measured, and a null metric

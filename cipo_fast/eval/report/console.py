@@ -4,13 +4,19 @@ A row per decoding strategy (CoT / answer / any leak), then the headline numbers
 aligned columns. Given the summary of the model before unlearning, every cell reads "before → after";
 a value missing on both sides is a single "–".
 
-It is plain text only (no colours, no terminal control codes) and has no per-item detail or secondary
-metrics such as ROUGE-L; the HTML page has those.
+Then R-TOFU's aggregates and the Min-K%++ membership-inference AUC when they were computed. It is plain
+text only (no colours, no terminal control codes) and has no per-item detail or secondary metrics such as
+ROUGE-L or fluency; the HTML page has those.
 """
 
 from __future__ import annotations
 
 from cipo_fast.eval.report.summary import ACCURACY_SETS, accuracy_of, arrow, metric_of, pct, strategy_names
+
+
+def _mia_auc(summary: dict | None, part: str):
+    entry = (((summary or {}).get("mia") or {}).get(part) or {}).get("attacks", {}).get("min_k_plus_plus")
+    return None if entry is None else entry["auc"]
 
 
 def _text_table(rows: list[list[str]]) -> str:
@@ -45,6 +51,18 @@ def console_table(summary: dict, before: dict | None = None) -> str:
         for k, label in ACCURACY_SETS[2:]
         if k in summary or k in (before or {})
     ]
+    rtofu = [("R-TOFU forget efficacy", "forget_efficacy"), ("CoT forget efficacy", "cot_forget_efficacy")]
+    rtofu += [("R-TOFU model utility", "model_utility")]
+    scalars += [
+        (name, lambda s, k=k: ((s or {}).get("rtofu") or {}).get(k))
+        for name, k in rtofu
+        if k in summary.get("rtofu", {})
+    ]
+    for part in ("answer", "cot"):
+        if "min_k_plus_plus" in ((summary.get("mia") or {}).get(part) or {}).get("attacks", {}):
+            scalars.append(
+                (f"MIA AUC, {part} (Min-K%++)", lambda s, p=part: _mia_auc(s, p)),
+            )
     width = max(len(name) for name, _ in scalars)
     lines += [f"{name.ljust(width)}  {cell(get(before), get(summary))}" for name, get in scalars]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cipo_fast.data.io import atomic_write, write_text
 from cipo_fast.eval.report.figures import comparison_figure, leakage_figure, png_bytes, utility_figure
+from cipo_fast.eval.report.measures import fluency_html, mia_html, roc_figure, rtofu_html
 from cipo_fast.eval.report.summary import (
     DASH,
     accuracy_of,
@@ -48,7 +49,7 @@ STRATEGY_COLUMNS = (
     ("stepwise_cot", "step-wise CoT"),
     ("cosine_answer", "cosine answer"),
 )
-PLOT_NAMES = ("leakage", "before_after", "utility")
+PLOT_NAMES = ("leakage", "before_after", "utility", "roc")
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1040px; margin: 1.5em auto;
@@ -254,6 +255,14 @@ def render_report(
         figures.append(
             ("utility", utility_figure(summary, before), "Accuracy on the sets that should be kept.")
         )
+    if (roc := roc_figure(summary, before)) is not None:
+        figures.append(
+            (
+                "roc",
+                roc,
+                "Membership inference, forget vs holdout items: ROC curves per attack (solid; dashed: before).",
+            )
+        )
     pngs = {name: (png_bytes(fig), caption) for name, fig, caption in figures}
     for name, (png, _) in pngs.items():
         atomic_write(plots_dir / f"{name}.png", lambda p, png=png: p.write_bytes(png))
@@ -281,6 +290,15 @@ def render_report(
         + (" Cells read before → after." if before is not None else "")
         + "</p>\n",
         _strategy_html(summary, before),
+        "<h2>R-TOFU's measures</h2>\n",
+        rtofu_html(summary, before),
+        "<h2>Fluency of the outputs</h2>\n",
+        "<p>Per decoding strategy (forget set) and for the retain answers: the share of repeated word 3-grams, "
+        "R-TOFU's normalized token entropy, and the mean per-token log-prob under the model before unlearning."
+        "</p>\n",
+        fluency_html(summary, before),
+        "<h2>Membership inference</h2>\n",
+        mia_html(summary, before),
         "<h2>Plots</h2>\n",
     ]
     parts += [_figure_html(png, f"{name} plot", caption) for name, (png, caption) in pngs.items()]
