@@ -57,7 +57,11 @@ class DemoConfig:
         check_fields(self)
 
 
-def _eval(cfg: DemoConfig, model: str, out: Path, data: dict, label: str) -> dict:
+def _eval(
+    cfg: DemoConfig, model: str, out: Path, data: dict, label: str, original: str | None = None
+) -> dict:
+    """`cipo-fast eval` of one model; `original` (the target) scores the outputs' fluency and is the
+    membership-inference reference."""
     from cipo_fast.eval.evaluate import EvalConfig, evaluate
 
     if (out / "summary.json").is_file():
@@ -70,6 +74,7 @@ def _eval(cfg: DemoConfig, model: str, out: Path, data: dict, label: str) -> dic
             retain=str(data["retain"]),
             utility=str(data["arithmetic_eval"]),
             holdout=str(data["holdout"]) if "holdout" in data else None,
+            original=original,
             samples=cfg.eval_samples,
             max_new_tokens=cfg.max_new_tokens,
             seed=cfg.seed,
@@ -168,7 +173,7 @@ def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path) -> 
                     overwrite=not resume,
                 )
             )
-        results[name] = _eval(cfg, str(run / "model"), out / name / "eval", data, name)
+        results[name] = _eval(cfg, str(run / "model"), out / name / "eval", data, name, original=target)
     return results
 
 
@@ -241,7 +246,8 @@ def main(cfg: DemoConfig) -> dict:
 
     cipo_summary = stage("CiPO", run_cipo)
     after = stage(
-        "evaluate unlearned model", lambda: _eval(cfg, str(cipo_dir / "model"), out / "after", data, "after")
+        "evaluate unlearned model",
+        lambda: _eval(cfg, str(cipo_dir / "model"), out / "after", data, "after", original=str(target)),
     )
     items = read_log(out / "after" / "items.jsonl")  # written by the evaluation above
     report.render_report(out, after, before=before, items=items)
@@ -269,6 +275,13 @@ def main(cfg: DemoConfig) -> dict:
 def _headline(summary: dict) -> dict:
     st = summary["strategies"]
     cot = [v["leak_cot"] for v in st.values() if v["leak_cot"] is not None]
+    fluency = summary.get("fluency") or {}
+    mia = summary.get("mia") or {}
+
+    def auc(part):
+        entry = ((mia.get(part) or {}).get("attacks") or {}).get("min_k_plus_plus")
+        return None if entry is None else entry["auc"]
+
     return {
         "max_leak_cot": max(cot) if cot else None,
         "max_leak_answer": max(v["leak_answer"] for v in st.values()),
@@ -277,13 +290,37 @@ def _headline(summary: dict) -> dict:
         "mcs": summary["mcs"],
         "retain_accuracy": summary.get("retain", {}).get("accuracy"),
         "arithmetic_accuracy": summary.get("utility", {}).get("accuracy"),
+        "greedy_logprob": (fluency.get("greedy") or {}).get("mean_logprob"),
+        "retain_logprob": (fluency.get("retain") or {}).get("mean_logprob"),
+        "sampled_repetition": (fluency.get("sample_t1.0") or {}).get("repetition_rate"),
+        "mia_auc_answer": auc("answer"),
+        "mia_auc_cot": auc("cot"),
     }
 
 
+COLUMNS = {  # key -> (header, format)
+    "max_leak_cot": ("worst CoT leak", "pct"),
+    "max_leak_answer": ("worst answer leak", "pct"),
+    "mcs": ("MCS", "pct"),
+    "retain_accuracy": ("retain acc", "pct"),
+    "arithmetic_accuracy": ("arithmetic acc", "pct"),
+    "greedy_logprob": ("log-prob, forget greedy", "num"),
+    "retain_logprob": ("log-prob, retain", "num"),
+    "sampled_repetition": ("3-gram rep., T = 1.0", "num"),
+    "mia_auc_answer": ("MIA AUC answer", "num"),
+    "mia_auc_cot": ("MIA AUC CoT", "num"),
+}
+
+
 def compare_table(rows: dict[str, dict], target: dict) -> str:
-    cols = ("max_leak_cot", "max_leak_answer", "mcs", "retain_accuracy", "arithmetic_accuracy")
-    head = ["method", "worst CoT leak", "worst answer leak", "MCS", "retain acc", "arithmetic acc"]
+    """Markdown table of the methods' headline numbers (log-probs under the target model; MIA: Min-K%++ AUC
+    of forget vs holdout authors, 0.5 = indistinguishable from unseen authors)."""
+    head = ["method", *(h for h, _ in COLUMNS.values())]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for name, r in {"target (before)": target, **rows}.items():
-        lines.append(" | ".join([name] + ["–" if r[c] is None else f"{100 * r[c]:.1f}%" for c in cols]))
+        cells = []
+        for key, (_, kind) in COLUMNS.items():
+            v = r.get(key)
+            cells.append("–" if v is None else f"{100 * v:.1f}%" if kind == "pct" else f"{v:.2f}")
+        lines.append(" | ".join([name, *cells]))
     return "\n".join(lines)

@@ -48,6 +48,10 @@ class EvalConfig:
     forget: str = opt(help="forget items (R-TOFU / TOFU / synthetic JSON lines)")
     model: str | None = opt(None, "model to evaluate (HF directory, hub name, .gguf, smollm2-135m)")
     model_before: str | None = opt(None, "a second model (e.g. before unlearning) for a before/after report")
+    original: str | None = opt(
+        None,
+        "the model before unlearning, only to score fluency and as the MIA reference (default: --model-before)",
+    )
     predictions: str | None = opt(None, "JSONL {id, strategy, output}: score generations made elsewhere")
     retain: str | None = opt(None, "retain items (key-fact accuracy)")
     utility: str | None = opt(None, "GSM8K-format JSONL (reasoning accuracy)")
@@ -240,7 +244,7 @@ def main(cfg: EvalConfig) -> dict:
         print(report.console_table(summary))
         return summary
     resolve_device(cfg.device)
-    for source in (cfg.model_before, cfg.model):
+    for source in (cfg.model_before, cfg.original, cfg.model):
         if source:
             resolve_source(source)  # a missing directory fails before any generation
     work = None
@@ -255,7 +259,7 @@ def main(cfg: EvalConfig) -> dict:
         )
         summary, rows = evaluate_model(model, Tokenizer(hf_tok, fmt), sets, cfg, judge, original)
         summary.update(model=source, label=label, config=asdict(cfg))
-        if sub == "before":
+        if sub == "before" and original is None:
             original = model
         work = work or run.start()
         _write_outputs(work / sub if sub else work, summary, rows)
@@ -263,6 +267,11 @@ def main(cfg: EvalConfig) -> dict:
 
     judge = make_judge(sets, cfg)
     original = None  # the model before unlearning: scores fluency and is the MIA reference
+    if cfg.original:
+        original = load_model(
+            cfg.original,
+            ModelOptions(dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code),
+        )[0]
     before = evaluate_source(cfg.model_before, "before", "before")[0] if cfg.model_before else None
     summary, rows = evaluate_source(cfg.model, cfg.label or ("after" if before else "model"), "")
     report.render_report(work, summary, before=before, items=rows)

@@ -14,6 +14,10 @@ from __future__ import annotations
 from cipo_fast.eval.report.summary import ACCURACY_SETS, accuracy_of, arrow, metric_of, pct, strategy_names
 
 
+def _auc(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def _mia_auc(summary: dict | None, part: str):
     entry = (((summary or {}).get("mia") or {}).get(part) or {}).get("attacks", {}).get("min_k_plus_plus")
     return None if entry is None else entry["auc"]
@@ -64,5 +68,11 @@ def console_table(summary: dict, before: dict | None = None) -> str:
                 (f"MIA AUC, {part} (Min-K%++)", lambda s, p=part: _mia_auc(s, p)),
             )
     width = max(len(name) for name, _ in scalars)
-    lines += [f"{name.ljust(width)}  {cell(get(before), get(summary))}" for name, get in scalars]
+    for name, get in scalars:
+        if name.startswith("MIA AUC"):  # an AUC, not a share: 0.50 = chance
+            b, a = get(before), get(summary)
+            text = _auc(a) if before is None else f"{_auc(b)} → {_auc(a)}"
+        else:
+            text = cell(get(before), get(summary))
+        lines.append(f"{name.ljust(width)}  {text}")
     return "\n".join(lines)
