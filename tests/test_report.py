@@ -343,3 +343,25 @@ def test_console_table_before_after():
     assert re.search(r"^retain accuracy\s+80\.0% → 75\.0%$", table, re.M)
     assert re.search(r"^utility accuracy\s+30\.0% → 26\.7%$", table, re.M)
     assert re.search(r"^real authors accuracy\s+– → 65\.0%$", table, re.M)
+
+
+def test_measures_sections_and_roc_curves(tmp_path):
+    """R-TOFU's measures, fluency and membership inference get their tables; the ROC plot is drawn from the
+    per-item scores (forget items with lower loss-like scores: a curve above the diagonal)."""
+    from cipo_fast.eval.mia import auc
+    from cipo_fast.eval.report.measures import roc_points
+
+    after = before_summary()
+    after["rtofu"] = {"forget_efficacy": 0.8, "forget_efficacy_missing": ["entailment"], "model_utility": 0.5}
+    after["fluency"] = {"greedy": {"repetition_rate": 0.125, "token_entropy": 0.75, "mean_logprob": -1.5}}
+    forget, holdout = [0.1, 0.2, 0.9], [0.5, 0.6, 0.7]  # 6 of 9 pairs have the forget score lower
+    mia = {"auc": auc(forget, holdout), "forget": forget, "holdout": holdout, "privleak": -75.0}
+    after["mia"] = {"answer": {"attacks": {"min_k_plus_plus": mia}}}
+    html = render_report(tmp_path, after).read_text()
+    for text in ("R-TOFU's measures", "entailment", "0.125", "-1.500", "Min-K%++", "0.667", "-75.0"):
+        assert text in html, text
+    assert (tmp_path / "plots" / "roc.png").is_file()
+    fpr, tpr = roc_points(mia["forget"], mia["holdout"])
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    area = sum((fpr[i + 1] - fpr[i]) * (tpr[i + 1] + tpr[i]) / 2 for i in range(len(fpr) - 1))
+    assert area == pytest.approx(mia["auc"]) == pytest.approx(6 / 9)  # the curve's area is its AUC

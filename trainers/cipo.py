@@ -196,7 +196,7 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
     shutil.rmtree(rdir, ignore_errors=True)  # a round cut short by a crash is redone from its start
     rdir.mkdir(parents=True)
     gen = GenConfig(max_new_tokens=c.gen_max_new_tokens, batch_size=c.gen_batch_size, seed=cfg.seed + 101 * r)
-    timing = {}
+    timing, judged = {}, s.judge.seconds
 
     # 1-2. sample and score the current policy
     scored = sample_forget(model, s.tok, s.items, s.strategies, gen, cfg.progress, s.judge)
@@ -294,6 +294,7 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
             raise NonFiniteError(f"{e}. Round {r + 1} stopped; {where}") from None
         append_jsonl(s.work / "metrics.jsonl", row)
     timing["train_s"] = round(time.perf_counter() - t1, 1)
+    timing["judge_s"] = round(s.judge.seconds - judged, 1)  # part of sample_s and counterfactual_s
     replay.add(pairs, pair_rows)
     info.update(train_steps=len(plan), seconds=round(time.perf_counter() - t0, 1), timing=timing)
     write_json(rdir / "round.json", info)

@@ -134,7 +134,7 @@ def evaluate_model(
     """Generate and score every set with a loaded model; returns (summary, item rows). `original` (the
     model before unlearning, when known) scores the outputs' fluency and is the reference of membership
     inference; without it the model scores its own outputs."""
-    t0 = time.perf_counter()
+    t0, judged = time.perf_counter(), judge.seconds
     strategies = make_strategies(cfg.strategies, cfg.samples, tok.reasoning)
     gen = GenConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     scored = sample_forget(model, tok, sets["forget"], strategies, gen, cfg.progress, judge)
@@ -161,7 +161,10 @@ def evaluate_model(
         for part in ("answer", "cot"):  # open-unlearning's privleak with no retain model: reference AUC 0.5
             for entry in summary["mia"].get(part, {}).get("attacks", {}).values():
                 entry["privleak"] = privleak(entry["auc"], 0.5)
-    summary["timing"] = {"seconds": round(time.perf_counter() - t0, 1)}
+    summary["timing"] = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "judge_s": round(judge.seconds - judged, 1),
+    }
     return summary, rows
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,6 +116,7 @@ class LeakJudge:
         self.semantic = config.semantic and (embedder is not None or Embedder.available())
         self._embedder = embedder
         self._cache: dict[str, np.ndarray] = {}
+        self.seconds = 0.0  # time spent judging (`evidence`), for the callers' timing reports
         self.items: dict[str, _Prepared] = {}
         for it in items:
             facts = item_facts(it)
@@ -173,7 +175,13 @@ class LeakJudge:
         """What `text` shows about item `item_id`: its fact spans, and (with embeddings) per unspanned term
         fact the candidate phrases with their similarity, margin over the alternatives and sentence
         context, and the best whole-sentence restatement of the answer."""
-        p = self.items[item_id]
+        t0 = time.perf_counter()
+        try:
+            return self._evidence(self.items[item_id], text)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _evidence(self, p: _Prepared, text: str) -> Evidence:
         ev = Evidence(find_leaks(text, p.facts), p.literal)
         if not self.semantic or not text.strip():
             return ev
