@@ -3,22 +3,23 @@
 The public API:
 
     sequence_logprobs, token_logprobs   the fused LM-head log-prob op (no [tokens, vocab] logits)
-    get_loss, LOSSES, LossParams        the loss registry (DPO family, SimPO, NPO, GA, NLL)
+    get_loss, LOSSES, LossParams        the loss registry (DPO family, SimPO, TRU, NPO, GA, NLL)
     TrainConfig, CipoConfig             the training configuration (what `cipo-fast train` fills)
     fit                                 run `cipo-fast train` from Python (any method, CiPO included)
     EvalConfig, evaluate                `cipo-fast eval` from Python
 
 The package, by layer (each sub-package's docstring lists its modules):
 
-    ops/         the fused log-prob op and its Triton kernels' compile check
+    ops/         the fused log-prob op, the chunked KL to a reference, the Triton kernels' compile check
     model/       model sources and loading, packed attention, the forward pass, generation
     data/        files in and out, the think block, tokenization, training formats, items, packing
     train/       losses, schedule, the optimizer step, policy, reference log-probs and their cache,
                  checkpoints, the run directory
-    unlearning/  CiPO's counterfactual traces, preference pairs, retain mirrors, rounds
+    unlearning/  CiPO's counterfactual traces, preference pairs, retain mirrors, rounds; CiPO as
+                 published; R²MU; the R-TOFU baseline and TRU data; the STaR / GUARD decoding guards
     eval/        leakage (facts, text), metrics, scoring, predictions, the evaluation command, report/
     synthetic/   the demo's fictitious-author and arithmetic data set
-    trainers/    the recipes: preference (every method but CiPO), cipo, finetune (target models)
+    trainers/    the recipes: preference (every loss-based method), cipo, cipo_paper, r2mu, finetune
 """
 
 from cipo_fast.config import CipoConfig, TrainConfig
@@ -30,10 +31,15 @@ __version__ = "0.1.0"
 
 
 def fit(cfg: TrainConfig) -> dict:
-    """Run one training (`cipo-fast train`): the CiPO loop for `method="cipo"`, else the preference /
-    unlearning trainer. Returns the run's summary."""
-    if cfg.method == "cipo":
+    """Run one training (`cipo-fast train`): the CiPO loop for `method="cipo"` (the engine's or the paper's
+    variant), R²MU for `method="r2mu"`, else the preference / unlearning trainer. Returns the run's
+    summary."""
+    if cfg.method == "cipo" and cfg.cipo.cipo_variant == "paper":
+        from cipo_fast.trainers.cipo_paper import main
+    elif cfg.method == "cipo":
         from cipo_fast.trainers.cipo import main
+    elif cfg.method == "r2mu":
+        from cipo_fast.trainers.r2mu import main
     else:
         from cipo_fast.trainers.preference import main
     return main(cfg)

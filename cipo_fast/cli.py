@@ -1,11 +1,12 @@
 """`cipo-fast` command line, built from the config dataclasses.
 
-Each subcommand's options are the fields of its config (`TrainConfig` + `CipoConfig`, `EvalConfig`,
-`FinetuneConfig`, `DemoConfig`), turned into arguments by transformers' `HfArgumentParser` (which TRL's
-CLI builds on): the field's help text and default become `--help`, `Literal` types become choices,
-booleans get `--x` / `--no-x`, lists take several values. The parsed values build the frozen configs,
-whose own checks (types, finite numbers, bounds) turn bad input into `cipo-fast <command>: error: ...`
-with exit code 2, before anything is written. `main(argv)` is callable from tests.
+Each subcommand's options are the fields of its config (`TrainConfig` + `CipoConfig` + `R2muConfig`,
+`EvalConfig`, `FinetuneConfig`, `BaselineDataConfig`, `DemoConfig`), turned into arguments by transformers'
+`HfArgumentParser` (which TRL's CLI builds on): the field's help text and default become `--help`,
+`Literal` types become choices, booleans get `--x` / `--no-x`, lists take several values. The parsed
+values build the frozen configs, whose own checks (types, finite numbers, bounds) turn bad input into
+`cipo-fast <command>: error: ...` with exit code 2, before anything is written. `main(argv)` is
+callable from tests.
 """
 
 from __future__ import annotations
@@ -78,10 +79,11 @@ def _values(args: argparse.Namespace, cls) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cipo_fast.config import CipoConfig, TrainConfig
+    from cipo_fast.config import CipoConfig, R2muConfig, TrainConfig
     from cipo_fast.demo import DemoConfig
     from cipo_fast.eval.evaluate import EvalConfig
     from cipo_fast.trainers.finetune import FinetuneConfig
+    from cipo_fast.unlearning.baselines import BaselineDataConfig
 
     parser = argparse.ArgumentParser(
         prog="cipo-fast",
@@ -90,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ConfigParser)
     sub.add_parser(
-        "train", dataclass_types=[TrainConfig, CipoConfig], help="train with a preference / unlearning loss"
+        "train",
+        dataclass_types=[TrainConfig, CipoConfig, R2muConfig],
+        help="train with a preference / unlearning loss",
     )
     sub.add_parser(
         "eval",
@@ -101,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         dataclass_types=[FinetuneConfig],
         help="make a target model: SFT on question -> CoT + answer (cached)",
+    )
+    sub.add_parser(
+        "baseline-data",
+        dataclass_types=[BaselineDataConfig],
+        help="forget-set files of R-TOFU's baselines (GA, IDK forms) and TRU from forget items",
     )
     sub.add_parser(
         "demo",
@@ -130,21 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            from cipo_fast.config import CipoConfig, TrainConfig
+            from cipo_fast.config import CipoConfig, R2muConfig, TrainConfig
 
-            cfg = TrainConfig(**_values(args, TrainConfig), cipo=CipoConfig(**_values(args, CipoConfig)))
-            if cfg.method == "cipo":
-                from cipo_fast.trainers.cipo import main as cipo_main
-
-                summary = cipo_main(cfg)
-                print(f"done: {len(summary['rounds'])} round(s), model in {summary['model_dir']}")
-                return 0
-            from cipo_fast.trainers.preference import main as train_main
-
-            summary = train_main(cfg)
-            print(
-                f"done: {summary['steps']} steps, final loss {summary['final_loss']}, model in {summary['model_dir']}"
+            cfg = TrainConfig(
+                **_values(args, TrainConfig),
+                cipo=CipoConfig(**_values(args, CipoConfig)),
+                r2mu=R2muConfig(**_values(args, R2muConfig)),
             )
+            from cipo_fast import fit
+
+            summary = fit(cfg)
+            if cfg.method == "cipo":
+                print(f"done: {len(summary['rounds'])} round(s), model in {summary['model_dir']}")
+            else:
+                print(
+                    f"done: {summary['steps']} steps, final loss {summary['final_loss']}, "
+                    f"model in {summary['model_dir']}"
+                )
             return 0
         if args.command == "eval":
             from cipo_fast.eval.evaluate import EvalConfig, evaluate
@@ -156,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             from cipo_fast.trainers.finetune import main as finetune_main
 
             print(f"target model: {finetune_main(FinetuneConfig(**_values(args, FinetuneConfig)))}")
+            return 0
+        if args.command == "baseline-data":
+            from cipo_fast.unlearning.baselines import BaselineDataConfig, build
+
+            paths = build(BaselineDataConfig(**_values(args, BaselineDataConfig)))
+            print("\n".join(f"{name:20s} {path}" for name, path in paths.items()))
             return 0
         if args.command == "demo":
             from cipo_fast.demo import DemoConfig

@@ -1,9 +1,9 @@
 """The training configuration: one frozen dataclass for `cipo-fast train`, its CiPO-only options apart.
 
-`TrainConfig` covers every method (DPO family, GA / GradDiff / NPO / SFT, CiPO); `CipoConfig` (its
-`cipo` field) holds what only the CiPO loop reads. Both are filled from one parser (`cipo_fast.cli`,
-built from these fields), validated on construction (`cipo_fast.options.check_fields`: types, finite
-numbers, bounds) and written to every run's `config.json`.
+`TrainConfig` covers every method (DPO family, GA / GradDiff / NPO / SFT, CiPO, R²MU); `CipoConfig` (its
+`cipo` field) holds what only the CiPO loop reads, `R2muConfig` (`r2mu`) what only R²MU reads. All are
+filled from one parser (`cipo_fast.cli`, built from these fields), validated on construction
+(`cipo_fast.options.check_fields`: types, finite numbers, bounds) and written to every run's `config.json`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal
 
 from cipo_fast.data.reasoning import THINK_CLOSE, THINK_OPEN, ReasoningFormat
 from cipo_fast.model.generation import STRATEGY_NAMES
-from cipo_fast.options import check_fields, opt
+from cipo_fast.options import check_fields, flag, opt
 
 # method -> (loss name in cipo_fast.train.losses, needs a retain set)
 METHODS: dict[str, tuple[str, bool]] = {
@@ -29,10 +29,15 @@ METHODS: dict[str, tuple[str, bool]] = {
     "ga": ("ga", False),
     "graddiff": ("ga", True),
     "sft": ("nll", False),
+    "tru": ("tru", True),  # pairs: chosen = reasoning-based target, rejected = the forget trace (GA)
     "cipo": ("sigmoid", False),  # the iterative counterfactual loop (trainers/cipo.py); --data = forget items
+    # R²MU (trainers/r2mu.py): activation MSE at one layer (cipo_fast.unlearning.r2mu), no log-prob loss
+    "r2mu": ("r2mu", True),
 }
 SINGLE_SEQUENCE_METHODS = ("ga", "graddiff", "npo", "sft")
-Method = Literal["dpo", "robust", "ipo", "hinge", "simpo", "npo", "ga", "graddiff", "sft", "cipo"]
+Method = Literal[
+    "dpo", "robust", "ipo", "hinge", "simpo", "npo", "ga", "graddiff", "sft", "tru", "cipo", "r2mu"
+]
 assert set(Method.__args__) == set(METHODS), "Method and METHODS must list the same methods"
 
 
@@ -84,12 +89,112 @@ class CipoConfig:
         "meaning",
         "what counts as a leak in the rounds: key-fact spans or restated facts (meaning), or spans only",
     )
+    cipo_variant: Literal["engine", "paper"] = opt(
+        "engine",
+        "engine: per-round counterfactuals and redirects, DPO against the round-start policy, mirrors; paper: "
+        "the ACL 2026 recipe (fixed model-written counterfactual answers with backward CoTs, warm-up SFT, "
+        "SimPO against the model's own samples, no reference model)",
+    )
+    cipo_warmup_epochs: float = opt(
+        1.0, "paper variant: epochs of warm-up SFT on the counterfactual traces", ge=0
+    )
+    cipo_paper_beta: float = opt(
+        2.0, "paper variant: SimPO beta (Meng et al. 2024 use 2.0-2.5; --beta stays DPO's)", gt=0
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "round_strategies", tuple(self.round_strategies))
         check_fields(self)
         if self.cf_target == "alternative" and not self.cf_alternatives:
             raise ValueError("--cf-target alternative needs --cf-alternatives FILE")
+
+
+# the paper's code: github.com/OPTML-Group/Unlearn-R2MU at dc2d6c5 (unlearn_r2mu.py, README.md's WMDP run)
+@dataclass(frozen=True)
+class R2muConfig:
+    """R²MU (`--method r2mu`, Wang et al. 2025, arXiv 2506.12963): representation misdirection at one
+    decoder layer of the forget data and of the model's own first reasoning tokens on the forget prompts,
+    activation matching on retain and reasoning data (`cipo_fast.unlearning.r2mu`). Its learning rate and
+    batch size are its own (`--lr`, `--batch-size` and `--retain-weight` belong to the other methods)."""
+
+    _argument_group_name = "R²MU (--method r2mu)"
+
+    r2mu_layer: int = opt(
+        7, "decoder layer l whose output is steered (unlearn_r2mu.py:365 --layer_id 7)", ge=0
+    )
+    r2mu_train_layers: tuple[int, ...] | None = opt(
+        None,
+        "layers whose --r2mu-params are trained; default l-2, l-1, l (unlearn_r2mu.py:366 --layer_ids 5,6,7)",
+    )
+    r2mu_params: tuple[str, ...] = opt(
+        ("mlp.down_proj.weight",),
+        "parameters trained in each of those layers, named inside a decoder layer (unlearn_r2mu.py:367 "
+        "--param_ids 6, the 7th parameter of a Llama layer, utils.py:39-45)",
+    )
+    r2mu_steering_coeff: float = opt(
+        6.5,
+        "c: forget activations are pushed to c * u, u a seeded random unit vector (README.md:69 "
+        "--steering_coeffs 6.5; argparse default 20, unlearn_r2mu.py:359)",
+        gt=0,
+    )
+    r2mu_alpha: float = opt(
+        1.7,
+        "weight of the retain activation-matching term (README.md:50 ALPHA=1.7; argparse default 100, "
+        "unlearn_r2mu.py:358)",
+        ge=0,
+    )
+    r2mu_unthink_weight: float = opt(
+        1.0, "weight of the unthink term (unweighted in unlearn_r2mu.py:301)", ge=0
+    )
+    r2mu_unthink_tokens: int = opt(
+        100,
+        "first tokens of the model's greedy reasoning trace per forget prompt that the unthink term steers "
+        "(unlearn_r2mu.py:374 --max_gen_tokens 100, used at :24)",
+        ge=1,
+    )
+    r2mu_cot_data: str | None = opt(
+        None,
+        "JSONL reasoning data whose activations are preserved: GSM8K rows {question, answer: '... #### N'}, "
+        "items with a cot, or prompt/completion rows (the paper uses LIMO, unlearn_r2mu.py:408)",
+    )
+    r2mu_cot_weight: float = opt(
+        1.0, "weight of the CoT-preservation term (unlearn_r2mu.py:368 --assist_loss 1; README.md:55)", ge=0
+    )
+    r2mu_forget_tokens: Literal["completion", "all"] = opt(
+        "completion",
+        "forget tokens steered: the completion, or every token, prompt and chat template included (the "
+        "paper's forget set is raw documents, all tokens: unlearn_r2mu.py:258)",
+    )
+    r2mu_lr: float = opt(
+        7.5e-5, "learning rate (README.md:51 LR=7.5e-5; argparse 5e-5, unlearn_r2mu.py:360)", gt=0
+    )
+    r2mu_batch_size: int = opt(
+        4,
+        "forget, retain, unthink and CoT sequences per step, each (unlearn_r2mu.py:363 --batch_size 4)",
+        ge=1,
+    )
+    r2mu_gen_batch_size: int = opt(32, "prompts per batch when generating the unthink traces", ge=1)
+
+    def __post_init__(self):
+        for name in ("r2mu_train_layers", "r2mu_params"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        check_fields(self)
+        layers = self.r2mu_train_layers
+        if layers is not None and not (layers and all(0 <= i <= self.r2mu_layer for i in layers)):
+            raise ValueError(
+                f"--r2mu-train-layers: expected layers in 0..{self.r2mu_layer} (--r2mu-layer; layers above it "
+                f"do not change its output), got {list(layers)}"
+            )
+        if not self.r2mu_params or not all(p.strip() for p in self.r2mu_params):
+            raise ValueError("--r2mu-params: expected parameter names such as mlp.down_proj.weight")
+
+    @property
+    def train_layers(self) -> tuple[int, ...]:
+        if self.r2mu_train_layers is not None:
+            return tuple(sorted(set(self.r2mu_train_layers)))
+        return tuple(range(max(0, self.r2mu_layer - 2), self.r2mu_layer + 1))
 
 
 @dataclass(frozen=True)
@@ -126,7 +231,18 @@ class TrainConfig:
     token_budget: int = opt(
         4096, "tokens per packed micro-batch (gradient accumulation over micro-batches)", ge=1
     )
-    retain_weight: float = opt(1.0, "weight of the retain NLL term", ge=0)
+    retain_weight: float = opt(1.0, "weight of the retain term", ge=0)
+    retain_loss: Literal["nll", "kl"] = opt(
+        "nll",
+        "retain term: token-mean NLL (GD) or token-mean KL(frozen reference || policy) over the vocabulary "
+        "(R-TOFU's KL regularizer; needs a frozen copy of the reference in memory)",
+    )
+    tru_alpha: float = opt(
+        1.0,
+        "TRU: weight of the gradient-ascent term on the forget trace (the paper's alpha; with --retain-weight "
+        "alpha the objective is target NLL + alpha * GradDiff); default 1 like R-TOFU's forget_coeff",
+        ge=0,
+    )
     loss_on: Literal["all", "cot", "answer"] = opt(
         "all", "single-sequence methods: train on the whole {cot, answer} completion, its CoT or its answer"
     )
@@ -168,6 +284,7 @@ class TrainConfig:
     overwrite: bool = opt(False, "replace the run in --out once the new run has started")
     progress: bool = opt(True, "progress bars")
     cipo: CipoConfig = CipoConfig()
+    r2mu: R2muConfig = R2muConfig()
 
     def __post_init__(self):
         check_fields(self)
@@ -186,11 +303,37 @@ class TrainConfig:
                 METHODS[self.method][1] is False or bool(self.retain),
                 f"--method {self.method} needs a retain set (--retain FILE)",
             ),
+            (
+                self.retain_loss == "nll" or (bool(self.retain) and self.method != "cipo"),
+                "--retain-loss kl needs a retain set (--retain FILE) and a method other than cipo",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        if self.method == "r2mu":
+            self._check_r2mu()
         self.reasoning  # noqa: B018 -- validates the tags
+
+    def _check_r2mu(self) -> None:
+        """R²MU reads its own learning rate, batch size and retain weight (the paper's defaults), so the
+        general options must stay unset; it trains chosen matrices, so it has no LoRA mode."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for general, own in (
+            ("lr", "r2mu_lr"),
+            ("batch_size", "r2mu_batch_size"),
+            ("retain_weight", "r2mu_alpha"),
+        ):
+            if getattr(self, general) != defaults[general]:
+                raise ValueError(f"--method r2mu takes {flag(own)} instead of {flag(general)}")
+        if self.lora_r > 0:
+            raise ValueError(
+                "--method r2mu trains the matrices --r2mu-params names; it has no LoRA mode (--lora-r 0)"
+            )
+        if self.r2mu.r2mu_cot_weight > 0 and not self.r2mu.r2mu_cot_data:
+            raise ValueError(
+                "--method r2mu needs reasoning data to preserve (--r2mu-cot-data FILE), or --r2mu-cot-weight 0"
+            )
 
     @property
     def chosen_nll_weight(self) -> float:
@@ -200,6 +343,8 @@ class TrainConfig:
 
     @property
     def loss(self) -> str:
+        if self.method == "cipo" and self.cipo.cipo_variant == "paper":
+            return "simpo"  # reference-free: the paper variant has no reference model
         return METHODS[self.method][0]
 
     @property
@@ -213,16 +358,20 @@ class TrainConfig:
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
             saved_cipo = saved.pop("cipo", {})
+            saved_r2mu = saved.pop("r2mu", {})
         except (OSError, ValueError, AttributeError):
             raise ValueError(f"--resume: {path} is missing or not a cipo-fast config") from None
         current = json.loads(self.to_json())
         current_cipo = current.pop("cipo")
+        current_r2mu = current.pop("r2mu")  # read by --method r2mu only (runs before it have none)
         diff = [k for k in sorted(current) if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k]]
         diff += [
             f"cipo.{k}"
             for k in sorted(current_cipo)
             if k != "rounds" and saved_cipo.get(k) != current_cipo[k]
         ]
+        if self.method == "r2mu":
+            diff += [f"r2mu.{k}" for k in sorted(current_r2mu) if saved_r2mu.get(k) != current_r2mu[k]]
         if diff:
             raise ValueError(f"--resume: {path} differs in {', '.join(diff)}; resume with the same settings")
 
@@ -234,7 +383,8 @@ class TrainConfig:
         try:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
             cipo = CipoConfig(**raw.pop("cipo", {}))
-            return cls(**raw, cipo=cipo)
+            r2mu = R2muConfig(**raw.pop("r2mu", {}))
+            return cls(**raw, cipo=cipo, r2mu=r2mu)
         except (OSError, TypeError, AttributeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not a cipo-fast training config ({e})") from None
         except ValueError as e:

@@ -42,14 +42,16 @@ def make_tiny_llama(out_dir: Path, tokenizer_dir: Path) -> Path:
 
 def train_config(**fields):
     """A `TrainConfig` from flat keyword arguments: CiPO's own options (`rounds`, `round_strategies`, ...)
-    go into its `cipo` group."""
+    go into its `cipo` group, R²MU's (`r2mu_*`) into `r2mu`."""
     import dataclasses
 
-    from cipo_fast.config import CipoConfig, TrainConfig
+    from cipo_fast.config import CipoConfig, R2muConfig, TrainConfig
 
-    cipo_names = {f.name for f in dataclasses.fields(CipoConfig)}
-    cipo = {k: fields.pop(k) for k in list(fields) if k in cipo_names}
-    return TrainConfig(**fields, cipo=CipoConfig(**cipo))
+    groups = {}
+    for cls in (CipoConfig, R2muConfig):
+        names = {f.name for f in dataclasses.fields(cls)}
+        groups[cls] = cls(**{k: fields.pop(k) for k in list(fields) if k in names})
+    return TrainConfig(**fields, cipo=groups[CipoConfig], r2mu=groups[R2muConfig])
 
 
 def write_jsonl(path, rows):

@@ -7,7 +7,8 @@
              -> checkpoint when due
     cleanup  final checkpoint, HF-format model directory, summary, the run moved into --out
 
-Reference log-probs come from the persistent cache (`cipo_fast.train.reference`): in `precompute` mode the
+With `--retain-loss kl` a frozen copy of the reference (the initial model, or the base model under LoRA)
+stays in memory for the retain term's KL. Reference log-probs come from the persistent cache (`cipo_fast.train.reference`): in `precompute` mode the
 misses are computed before step 1 by the policy itself, in `lazy` mode per step by a frozen reference.
 A resumed run continues from its newest verified checkpoint and sees exactly the batches an uninterrupted
 run would.
@@ -26,7 +27,7 @@ from cipo_fast.data.io import append_jsonl, read_log, write_json, write_jsonl
 from cipo_fast.model.loading import quiet_transformers, save_final
 from cipo_fast.train import checkpoint, losses
 from cipo_fast.train.policy import build_policy, make_tokenizer, seed_everything, tune_cpu_allocator
-from cipo_fast.train.reference import initial_reference, reference_namespace
+from cipo_fast.train.reference import frozen_reference, initial_reference, reference_namespace
 from cipo_fast.train.run_dir import RunDir
 from cipo_fast.train.schedule import lr_at, retain_indices, step_indices, total_steps
 from cipo_fast.train.step import NonFiniteError, groups_of, optimizer_step
@@ -58,6 +59,8 @@ def main(cfg: TrainConfig) -> dict:
             print(f"the run in {run.out} already has its {total} steps; nothing to do")
             return json.loads((run.out / "summary.json").read_text(encoding="utf-8"))
     policy = build_policy(cfg, tok)
+    if cfg.retain_loss == "kl":
+        policy.frozen = frozen_reference(cfg, policy.model)
     ns = reference_namespace(cfg, policy.model, run.existing) if losses.needs_reference(cfg.loss) else None
     work = run.start()
     if not cfg.resume:

@@ -3,7 +3,8 @@ reasoning still works?
 
     sets      forget items (+ retain, real-authors, world-facts, GSM8K-style utility), validated first
     generate  every strategy's samples for the forget set (greedy, sampling at T = 0.7 / 1.0 with k samples,
-              ZeroThink, LessThink: `cipo_fast.model.generation`), greedy answers for the other sets
+              ZeroThink, LessThink: `cipo_fast.model.generation`), greedy answers for the other sets;
+              `--guard star|guard` steers every generation (`cipo_fast.unlearning.guards`)
     score     leakage in CoT and answer, ROUGE-L, step-wise leakage, accuracies (`scoring`), embedding
               cosine of each forget answer to the gold answer when the MiniLM package is installed;
               aggregates (`metrics`)
@@ -34,6 +35,7 @@ from cipo_fast.eval.scoring import accuracy_set, sample_forget, summarize_forget
 from cipo_fast.model.generation import STRATEGY_NAMES, GenConfig, make_strategies
 from cipo_fast.options import check_fields, opt
 from cipo_fast.train.run_dir import RunDir
+from cipo_fast.unlearning.guards import GUARD_NAMES, build_guard
 
 ACCURACY_SETS = ("retain", "real_authors", "world_facts", "utility")
 
@@ -68,6 +70,12 @@ class EvalConfig:
     max_new_tokens: int = opt(256, "new tokens per generation", ge=1)
     batch_size: int = opt(128, "rows (prompts x samples, all strategies) per generation batch", ge=1)
     seed: int = opt(0, "sampling seed")
+    guard: Literal["none", "star", "guard"] = opt(
+        "none",
+        "inference-time unlearning guard on every generation, weights untouched: STaR (arXiv 2601.09281) "
+        "or GUARD (arXiv 2505.13312); see cipo_fast.unlearning.guards",
+        choices=GUARD_NAMES,
+    )
     judge: Literal["meaning", "spans"] = opt(
         "meaning", "leak judge: key-fact spans or restated facts (meaning), or spans only (the earlier judge)"
     )
@@ -97,6 +105,8 @@ class EvalConfig:
             raise ValueError(
                 "give exactly one of --model (generate) or --predictions (score existing outputs)"
             )
+        if self.predictions and self.guard != "none":
+            raise ValueError("--guard needs --model (it steers generation); --predictions only scores")
         if self.predictions and self.model_before:
             raise ValueError(
                 "--model-before needs --model (it generates); with --predictions score each file separately"
@@ -137,20 +147,25 @@ def evaluate_model(
     t0, judged = time.perf_counter(), judge.seconds
     strategies = make_strategies(cfg.strategies, cfg.samples, tok.reasoning)
     gen = GenConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
-    scored = sample_forget(model, tok, sets["forget"], strategies, gen, cfg.progress, judge)
+    embed = judge.embed if Embedder.available() else None  # the guard shares the judge's embeddings
+    guard = build_guard(cfg.guard, sets["forget"], model, tok.tok, tok.reasoning, embed)
+    scored = sample_forget(model, tok, sets["forget"], strategies, gen, cfg.progress, judge, guard)
     per_strategy, mcs, rows = summarize_forget(sets["forget"], scored, strategies)
     extra = {}
     for key in ACCURACY_SETS:
         if key in sets:
             kind = "number" if key == "utility" else "facts"
             metrics, set_rows = accuracy_set(
-                model, tok, sets[key], gen, kind, progress=key if cfg.progress else None
+                model, tok, sets[key], gen, kind, progress=key if cfg.progress else None, guard=guard
             )
             extra[key] = metrics
             rows.extend({"set": key, **r} for r in set_rows)
     embedder = judge.embedder() if Embedder.available() else None
     add_cosine(sets["forget"], rows, tok.reasoning, embedder)
     summary = aggregate(per_strategy, mcs, extra)
+    if guard is not None:  # which guard ran, its time, and how many questions of each set it steered
+        asked = ["forget", *ACCURACY_SETS]
+        summary["guard"] = guard.summary({k: [it.question for it in sets[k]] for k in asked if k in sets})
     if cfg.fluency:
         summary["fluency"] = add_fluency(original or model, tok, sets, rows, strategies)
     summary["rtofu"] = rtofu_summary(sets, rows, tok.reasoning, tok.tok, embedder)

@@ -102,9 +102,15 @@ def score_sample(
     )
 
 
-def prompts_for(items: list[Item], tok) -> list[str]:
-    """`tok` is a `cipo_fast.data.tokenize.Tokenizer` (chat template or raw, as the run is configured)."""
-    return [tok.prompt_text(it.question) for it in items]
+def prompts_for(items: list[Item], tok, guard=None) -> list[str]:
+    """`tok` is a `cipo_fast.data.tokenize.Tokenizer` (chat template or raw, as the run is configured);
+    `guard` (`cipo_fast.unlearning.guards.UnlearningGuard`) may rewrite in-scope questions."""
+    return [tok.prompt_text(guard.prompt(it.question) if guard else it.question) for it in items]
+
+
+def _guarded(guard, items: list[Item]) -> dict:
+    """`generate_many`'s `processor` argument for these items' prompts; none without a guard."""
+    return {"processor": guard.processor([it.question for it in items])} if guard is not None else {}
 
 
 def sample_forget(
@@ -115,9 +121,11 @@ def sample_forget(
     gen: GenConfig,
     progress: bool = False,
     judge: LeakJudge | None = None,
+    guard=None,
 ) -> list[Scored]:
-    """Generate every strategy's samples for every forget item and score them (used by eval and CiPO)."""
-    prompts = prompts_for(items, tok)
+    """Generate every strategy's samples for every forget item and score them (used by eval and CiPO);
+    `guard` (an `UnlearningGuard`) steers the generation."""
+    prompts = prompts_for(items, tok, guard)
     facts = [item_facts(it) for it in items]
     out = []
     texts = generate_many(
@@ -127,6 +135,7 @@ def sample_forget(
         gen,
         chat=tok.chat,
         progress="forget samples" if progress else None,
+        **_guarded(guard, items),
     )
     for st, job in zip(strategies, texts):
         for it, f, outs in zip(items, facts, job):
@@ -196,10 +205,13 @@ def fact_recall(item: Item, answer: str) -> float:
     return len(find_leaks(answer, facts)) / len(facts)
 
 
-def accuracy_set(model, tok, items: list[Item], gen: GenConfig, kind: str, progress=None):
+def accuracy_set(model, tok, items: list[Item], gen: GenConfig, kind: str, progress=None, guard=None):
     """Greedy answers of a retain-like (`facts`) or GSM8K-like (`number`) set: (metrics, rows)."""
     greedy = make_strategies(["greedy"], 1, tok.reasoning)[0]
-    texts = generate(model, tok.tok, prompts_for(items, tok), greedy, gen, chat=tok.chat, progress=progress)
+    prompts = prompts_for(items, tok, guard)
+    texts = generate(
+        model, tok.tok, prompts, greedy, gen, chat=tok.chat, progress=progress, **_guarded(guard, items)
+    )
     rows = []
     for it, (text,) in zip(items, texts):
         parts = tok.reasoning.split(text)

@@ -141,6 +141,34 @@ def micro_batch_logps(
     )
 
 
+def micro_batch_kl(model, frozen, mb, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per-sequence sums `[S]` of the token-level `KL(frozen || model)` over the completion tokens of a
+    packed micro-batch (no prefix sharing); differentiable in the model. `frozen` is `(model, context)`:
+    the frozen reference and the context it runs under (`torch.no_grad`, or `disable_adapter` for the
+    base model under LoRA)."""
+    from cipo_fast.ops.kl import token_kl
+
+    if mb.shared_ids is not None:
+        raise ValueError("the KL term needs micro-batches packed without prefix sharing")
+    ref_model, ref_ctx = frozen
+    spec, ref_spec = head_spec(model), head_spec(ref_model)
+    weight, ref_weight = lm_head_weight(model), lm_head_weight(ref_model)
+    if spec.softcap or ref_spec.softcap:
+        raise ValueError("the KL term does not support logit soft-capping")
+    mb = mb.to(weight.device)
+    args = (mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen)
+    ctx = torch.autocast(weight.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    with ctx:
+        hidden = forward_hidden(model, *args)
+        with torch.no_grad(), ref_ctx():
+            ref_hidden = forward_hidden(ref_model, *args) * ref_spec.scale
+    kl = token_kl(
+        (hidden * spec.scale).to(weight.dtype), weight, ref_hidden.to(weight.dtype), ref_weight, mb.loss_mask
+    )
+    sums = torch.zeros(mb.num_seqs, dtype=kl.dtype, device=kl.device)
+    return sums.index_add(0, mb.seq_ids[mb.loss_mask], kl)
+
+
 @torch.no_grad()
 def score_sequences(
     model,

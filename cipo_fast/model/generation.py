@@ -15,6 +15,10 @@ has its prefill and temperature), sorted by length and decoded by `decode`: a pr
 last-position logits only, and inverse-CDF sampling. Each batch draws from its own generator seeded from
 (seed, strategies, batch index), so the same call gives the same text and the global RNG is not touched.
 Returned texts include the prefill, so `ReasoningFormat.split` sees the whole think block.
+
+An optional logits processor (`LogitsProcessor`, e.g. `cipo_fast.unlearning.guards.GuardProcessor`) edits
+each step's logits before `pick_tokens`. Rows are reordered into batches, so `generate_many` tells it, per
+batch, which prompt index and prefill each row has. Without one, decoding is exactly as described above.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import warnings
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -89,6 +94,18 @@ def pick_tokens(logits: torch.Tensor, temperatures: torch.Tensor, generator=None
     return out
 
 
+class LogitsProcessor(Protocol):
+    """What `decode` / `generate_many` accept as `processor`. One processor serves one `generate_many`
+    call over jobs that share their prompt list (it is keyed by the prompt index)."""
+
+    def start(self, prompts: list[int], prefills: list[str]) -> None:
+        """A new batch: row k decodes prompt index `prompts[k]` after the forced text `prefills[k]`."""
+
+    def __call__(self, logits: torch.Tensor, step: int, last_tokens: torch.Tensor | None) -> torch.Tensor:
+        """The logits `[B, V]` to pick step `step`'s tokens from (may edit `logits` in place);
+        `last_tokens` `[B]` are the tokens step - 1 picked (`pad_id` for ended rows), None at step 0."""
+
+
 @torch.no_grad()
 def decode(
     model,
@@ -99,9 +116,11 @@ def decode(
     eos_id: int,
     pad_id: int,
     generator=None,
+    processor: LogitsProcessor | None = None,
 ) -> torch.Tensor:
     """New tokens `[B, <= max_new_tokens]` for left-padded prompts `ids`/`mask` `[B, W]`, each row at its
-    own temperature; rows after their EOS hold `pad_id`; stops when every row has ended.
+    own temperature; rows after their EOS hold `pad_id`; stops when every row has ended. `processor`
+    (already `start`ed for these rows) edits each step's logits before the tokens are picked.
 
     The KV cache is allocated once for `W + max_new_tokens` positions (no per-step concatenation, which
     costs as much as the LM head in transformers' growing cache at this size) and only the last
@@ -132,6 +151,8 @@ def decode(
         done = torch.zeros(b, dtype=torch.bool, device=device)
         new = []
         for t in range(max_new_tokens):
+            if processor is not None:
+                logits = processor(logits, t, new[-1] if new else None)
             tok = pick_tokens(logits, temperatures, generator)
             tok = torch.where(done, torch.full_like(tok, pad_id), tok)
             new.append(tok)
@@ -161,9 +182,11 @@ def generate(
     *,
     chat: bool = True,
     progress: str | None = None,
+    processor: LogitsProcessor | None = None,
 ) -> list[list[str]]:
     """`strategy.samples` completions per prompt text (already chat-formatted when `chat`)."""
-    return generate_many(model, tokenizer, [(prompts, strategy)], cfg, chat=chat, progress=progress)[0]
+    jobs = [(prompts, strategy)]
+    return generate_many(model, tokenizer, jobs, cfg, chat=chat, progress=progress, processor=processor)[0]
 
 
 @torch.no_grad()
@@ -175,13 +198,19 @@ def generate_many(
     *,
     chat: bool = True,
     progress: str | None = None,
+    processor: LogitsProcessor | None = None,
 ) -> list[list[list[str]]]:
     """Completions for several (prompts, strategy) jobs at once: `out[job][prompt]` is that prompt's
     `strategy.samples` texts. Every sample of every job is one row; rows of all jobs share batches (each
     row with its strategy's prefill and temperature), so a decoding step streams the weights once for
     all strategies. On a CPU a 135M model's decoding step is bound by reading its weights, so this is
-    what makes sampling several strategies cheap."""
+    what makes sampling several strategies cheap. `processor` (a `LogitsProcessor`) is started per batch
+    with its rows' prompt indices and prefills."""
     from tqdm.auto import tqdm
+
+    assert processor is None or len({len(p) for p, _ in jobs}) <= 1, (
+        "a processor is keyed by prompt index: its jobs must share one prompt list"
+    )
 
     device = next(model.parameters()).device
     rows = [  # (job, prompt index, prefill, temperature, token ids)
@@ -214,6 +243,8 @@ def generate_many(
             mask[k, width - len(enc) :] = 1
         temps = torch.tensor([rows[r][3] for r in idx], dtype=torch.float32, device=device)
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + salt + b)
+        if processor is not None:
+            processor.start([rows[r][1] for r in idx], [rows[r][2] for r in idx])
         new = decode(
             model,
             ids.to(device),
@@ -223,6 +254,7 @@ def generate_many(
             tokenizer.eos_token_id,
             pad,
             gen,
+            processor,
         ).cpu()
         for k, r in enumerate(idx):
             texts[r] = rows[r][2] + tokenizer.decode(new[k], skip_special_tokens=True)

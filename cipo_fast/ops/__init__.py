@@ -3,6 +3,8 @@
     logprobs.py      `sequence_logprobs` / `token_logprobs`: hidden states -> per-token log-probs and
                      per-sequence sums without `[tokens, vocab]` logits; the PyTorch reference (the spec),
                      the chunked CPU path and the autograd Function over the Triton kernels
+    kl.py            `token_kl`: KL(reference || policy) per token through both LM heads, chunked, for the
+                     KL retain term
     kernel_check.py  compiles every Triton kernel variant for sm_80 / sm_86 / sm_90a / sm_100a without a
                      GPU and checks registers, spills and shared memory
 

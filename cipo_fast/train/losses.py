@@ -12,7 +12,7 @@ Two kinds, one registry:
   policy log-probs`);
 * single-sequence losses take a `SeqLogps` and return `losses [B]`.
 
-Names: `sigmoid`, `robust`, `ipo`, `hinge`, `simpo` (pairwise) and `npo`, `ga`, `nll` (single).
+Names: `sigmoid`, `robust`, `ipo`, `hinge`, `simpo`, `tru` (pairwise) and `npo`, `ga`, `nll` (single).
 `get_loss(name)` raises a `ValueError` listing the valid names.
 """
 
@@ -30,6 +30,7 @@ class LossParams:
     beta: float = 0.1
     label_smoothing: float = 0.0  # epsilon of cDPO / robust DPO: the probability that a label is flipped
     simpo_gamma: float = 0.5  # SimPO target reward margin (gamma / beta is subtracted from the margin)
+    tru_alpha: float = 1.0  # TRU: weight of gradient ascent on the forget trace
 
 
 @dataclass
@@ -114,6 +115,21 @@ def simpo(x: PairLogps, p: LossParams):
     return losses, p.beta * avg_c.detach(), p.beta * avg_r.detach()
 
 
+def tru(x: PairLogps, p: LossParams):
+    """TRU, targeted reasoning unlearning (Liao et al., "Explainable LLM Unlearning through Reasoning",
+    ICLR 2026, arXiv 2603.09980): supervised cross-entropy on a reasoning-based target -- a trace r that
+    explains why the request is out of scope, then an explainable refusal s -- plus alpha x GradDiff on the
+    original forget trace:
+
+        L = -[log P(r | x) + log P(s | r, x)] / |r s|  +  alpha * (log P(y | x) / |y|)  [+ retain NLL]
+
+    with the chosen side the target (r, s) and the rejected side the forget trace y; both token-mean as
+    cross-entropy losses are. GradDiff's retain half is the trainer's retain term (`--retain-weight`,
+    alpha for the paper's form). Reference-free; "rewards" logged are the token-mean log-probs."""
+    avg_c, avg_r = x.chosen / x.len_chosen, x.rejected / x.len_rejected
+    return -avg_c + p.tru_alpha * avg_r, avg_c.detach(), avg_r.detach()
+
+
 def npo(x: SeqLogps, p: LossParams):
     """NPO (Zhang et al., 2024): negative-only preference optimization on forget sequences.
 
@@ -141,13 +157,14 @@ PAIRWISE: dict[str, Callable] = {
     "ipo": ipo,
     "hinge": hinge,
     "simpo": simpo,
+    "tru": tru,
 }
 SINGLE: dict[str, Callable] = {
     "npo": npo,
     "ga": gradient_ascent,
     "nll": nll,
 }
-REFERENCE_FREE = {"simpo", "ga", "nll"}
+REFERENCE_FREE = {"simpo", "tru", "ga", "nll"}
 LOSSES = {**PAIRWISE, **SINGLE}  # every loss by name
 
 

@@ -11,6 +11,7 @@ namespace that is not such a hash, so an edited `reference.json` cannot point th
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -76,6 +77,15 @@ def load_frozen(cfg, source: str):
     return m.eval().requires_grad_(False)
 
 
+def frozen_reference(cfg, model) -> tuple:
+    """`(model, context)` of the frozen reference for terms that need its whole distribution (the KL
+    retain term): `--ref-model` or the initial `--model` loaded once more, or -- under LoRA without
+    `--ref-model` -- the policy itself with its adapters disabled."""
+    if cfg.lora_r > 0 and not cfg.ref_model:
+        return model, model.disable_adapter
+    return load_frozen(cfg, cfg.ref_model or cfg.model), nullcontext
+
+
 def reference_namespace(cfg, model, existing: Path | None = None) -> str:
     """The run's reference namespace, found before the run directory is touched: the one recorded in
     `existing/reference.json` (a resumed run; validated), else that of `--ref-model` (loaded, so a bad
@@ -100,12 +110,7 @@ def initial_reference(cfg, model, run_dir: Path, ns: str) -> Reference:
     if not info.is_file():
         write_json(info, {"namespace": ns, "source": cfg.ref_model or cfg.model})
 
-    def make_ref_model():
-        if cfg.lora_r > 0 and not cfg.ref_model:
-            return model, model.disable_adapter  # the base model is the reference
-        return load_frozen(cfg, cfg.ref_model or cfg.model), torch.no_grad
-
-    ref = Reference(cfg, model, ns, make_ref_model)
+    ref = Reference(cfg, model, ns, lambda: frozen_reference(cfg, model))
     if ref.cache.rejected:
         print(f"reference cache: {len(ref.cache.rejected)} corrupted shard(s) set aside; recomputing")
     return ref

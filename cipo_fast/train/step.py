@@ -3,7 +3,7 @@ non-finite values, clipping, AdamW, and the metrics row it appends to `metrics.j
 
     for each packed micro-batch (token budget; a pair never split):
         final hidden states -> fused log-prob sums -> loss of its groups -> backward (accumulate)
-    retain sequences: token-mean NLL x retain_weight, packed the same way
+    retain sequences: token-mean NLL (or KL to the frozen reference) x retain_weight, packed the same way
     clip -> finite? -> AdamW
 
 A step's loss is the mean over its samples, whatever the micro-batch split: each micro-batch contributes
@@ -23,7 +23,7 @@ import torch
 
 from cipo_fast.data.formats import Pair, Single
 from cipo_fast.data.packing import pack
-from cipo_fast.model.forward import micro_batch_logps, supports_prefix_sharing
+from cipo_fast.model.forward import micro_batch_kl, micro_batch_logps, supports_prefix_sharing
 from cipo_fast.train import losses
 
 
@@ -39,6 +39,7 @@ class Policy:
     optimizer: torch.optim.Optimizer
     trainable: list
     autocast: torch.dtype | None = None  # bf16 autocast on CUDA for fp32 weights, else None
+    frozen: tuple | None = None  # (frozen reference, context) for the KL retain term, else None
 
 
 @dataclass
@@ -63,17 +64,21 @@ def groups_of(samples: list[Pair | Single]) -> list[tuple]:
 
 
 def accumulate_step(
-    model, groups: list[tuple], retain_seqs: list, ref, cfg, stats: StepStats, autocast=None
+    model, groups: list[tuple], retain_seqs: list, ref, cfg, stats: StepStats, autocast=None, frozen=None
 ) -> None:
     """Forward + backward of one optimizer step's samples (gradients accumulate; no optimizer step).
 
     `groups` are (chosen, rejected) pairs or 1-tuples of sequences; their loss is `cfg.loss`, averaged over
-    the groups. `retain_seqs` add `cfg.retain_weight` x their mean token-level NLL. Micro-batches follow
+    the groups. `retain_seqs` add `cfg.retain_weight` x their mean token-level NLL, or with
+    `cfg.retain_loss == "kl"` their mean token-level KL to `frozen` (`(model, context)`). Micro-batches follow
     `cfg.token_budget`; each contributes its share, so the gradient does not depend on the split.
     """
     kind, loss_fn = losses.get_loss(cfg.loss)
     params = losses.LossParams(
-        beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma
+        beta=cfg.beta,
+        label_smoothing=cfg.label_smoothing,
+        simpo_gamma=cfg.simpo_gamma,
+        tru_alpha=cfg.tru_alpha,
     )
     share = cfg.share_prefix and supports_prefix_sharing(model)
     for mb in pack(groups, cfg.token_budget, share_prefix=share):
@@ -114,13 +119,19 @@ def accumulate_step(
         part.backward()
         stats.loss += float(part.detach())
         stats.tokens += mb.seq_tokens
+    kl = cfg.retain_loss == "kl"
+    if kl and frozen is None:
+        raise ValueError("the KL retain term needs the frozen reference (Policy.frozen)")
     for mb in pack([(s,) for s in retain_seqs], cfg.token_budget):
-        logps = micro_batch_logps(model, mb, cfg.backend, autocast)
-        per = -logps / mb.lengths.to(logps.device, torch.float32)  # token-mean NLL per sequence
+        if kl:
+            per = micro_batch_kl(model, frozen, mb, autocast)
+        else:
+            per = -micro_batch_logps(model, mb, cfg.backend, autocast)
+        per = per / mb.lengths.to(per.device, torch.float32)  # token-mean NLL (or KL) per sequence
         part = cfg.retain_weight * per.sum() / len(retain_seqs)
         part.backward()
         stats.loss += float(part.detach())
-        stats.add("loss/retain", per)
+        stats.add("loss/retain_kl" if kl else "loss/retain", per)
         stats.tokens += mb.seq_tokens
 
 
@@ -147,7 +158,7 @@ def optimizer_step(
         g["lr"] = lr
     stats = StepStats()
     with torch.profiler.record_function("cipo_fast.train_step"):  # a marker for bench/profile_step.py
-        accumulate_step(policy.model, groups, retain_seqs, ref, cfg, stats, policy.autocast)
+        accumulate_step(policy.model, groups, retain_seqs, ref, cfg, stats, policy.autocast, policy.frozen)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable, cfg.max_grad_norm))
         if not (math.isfinite(stats.loss) and math.isfinite(grad_norm)):
             policy.optimizer.zero_grad(set_to_none=True)
