@@ -7,8 +7,10 @@
     after     the same evaluation of the unlearned model
     report    runs/demo/report.html (before vs after), runs/demo/{before,after}/summary.json
 
-With `--compare`, GA, NPO, IDK-DPO and Reasoned-IDK train on the same target with the same retain term, learning rate,
-batch size and number of optimizer steps as CiPO used, and are evaluated the same way.
+With `--compare`, every method of `cipo_fast.comparison` (CiPO as published, R-TOFU's GA / IDK grid, NPO,
+the IDK DPO forms, TRU, R²MU, the STaR and GUARD guards) trains on the same target with the same retain set,
+batch size and number of optimizer steps as CiPO used, at each learning rate of its sweep, and is
+evaluated the same way; the best setting of each method is reported with the sweep beside it.
 
 Every stage writes its outputs atomically and is skipped when they already exist, so an interrupted demo
 continues where it stopped (CiPO itself resumes at its last round boundary).
@@ -16,12 +18,14 @@ continues where it stopped (CiPO itself resumes at its last round boundary).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cipo_fast.config import CipoConfig, TrainConfig
+from cipo_fast.comparison import METHODS as COMPARED
+from cipo_fast.config import CipoConfig, R2muConfig, TrainConfig
 from cipo_fast.data.io import read_jsonl, read_log, write_json, write_jsonl
 from cipo_fast.data.items import gsm8k_target
 from cipo_fast.options import check_fields, opt
@@ -50,15 +54,25 @@ class DemoConfig:
     max_pairs_per_item: int = opt(6, "CiPO pairs per forget item and round", ge=1)
     eval_samples: int = opt(2, "evaluation samples per sampling strategy", ge=1)
     max_new_tokens: int = opt(128, "new tokens per generation (evaluation and CiPO sampling)", ge=1)
-    compare: bool = opt(False, "also train GA, NPO, IDK-DPO and Reasoned-IDK with CiPO's budget")
+    compare: bool = opt(False, "also run the other methods with CiPO's budget, a learning-rate sweep each")
+    compare_methods: tuple[str, ...] = opt(
+        tuple(COMPARED), "methods of --compare (cipo_fast.comparison)", choices=tuple(COMPARED)
+    )
     progress: bool = opt(True, "progress bars")
 
     def __post_init__(self):  # fails before the minutes of SFT that come before the first TrainConfig
+        object.__setattr__(self, "compare_methods", tuple(self.compare_methods))
         check_fields(self)
 
 
 def _eval(
-    cfg: DemoConfig, model: str, out: Path, data: dict, label: str, original: str | None = None
+    cfg: DemoConfig,
+    model: str,
+    out: Path,
+    data: dict,
+    label: str,
+    original: str | None = None,
+    guard: str = "none",
 ) -> dict:
     """`cipo-fast eval` of one model; `original` (the target) scores the outputs' fluency and is the
     membership-inference reference."""
@@ -75,6 +89,7 @@ def _eval(
             utility=str(data["arithmetic_eval"]),
             holdout=str(data["holdout"]) if "holdout" in data else None,
             original=original,
+            guard=guard,
             samples=cfg.eval_samples,
             max_new_tokens=cfg.max_new_tokens,
             seed=cfg.seed,
@@ -113,74 +128,105 @@ def retain_with_arithmetic(data: dict, out: Path) -> Path:
     return out
 
 
-def baseline_data(forget: Path, out: Path) -> dict[str, Path]:
-    """Forget-set files for the baselines: singles for GA / NPO; pairs over the gold trace with an
-    "I don't know" answer (IDK-DPO) or a reasoned "I don't know" CoT + answer (Reasoned-IDK) as chosen."""
-    rows = [row for _, row in read_jsonl(forget)]
-    out.mkdir(parents=True, exist_ok=True)
-    gold = [{"cot": r["cot"], "answer": r["answer"]} for r in rows]
-    files = {
-        "singles": [{"prompt": r["question"], "completion": g} for r, g in zip(rows, gold)],
-        "idk_pairs": [
-            {"prompt": r["question"], "chosen": r["idk_answer"], "rejected": g} for r, g in zip(rows, gold)
-        ],
-        "reasoned_idk_pairs": [
-            {
-                "prompt": r["question"],
-                "chosen": {"cot": r["idk_cot"], "answer": r["idk_answer"]},
-                "rejected": g,
-            }
-            for r, g in zip(rows, gold)
-        ],
-    }
-    for name, data in files.items():
-        write_jsonl(out / f"{name}.jsonl", data)
-    return {name: out / f"{name}.jsonl" for name in files}
+def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path, cipo_after: dict) -> dict:
+    """Every method of `cipo_fast.comparison` that `--compare-methods` names, at each learning rate of its
+    sweep, with CiPO's budget (same steps, batch, retain set); the guards on the target. CiPO's own
+    setting at `--lr` is the demo's CiPO run (`cipo_after`, its evaluation). Returns
+    {method: {setting: after-summary}}, each summary with its `wall_s` (training + evaluation); every
+    setting's run and evaluation are kept and reused by a rerun."""
+    from cipo_fast import fit
+    from cipo_fast.comparison import sweep_lrs
+    from cipo_fast.unlearning.baselines import BaselineDataConfig, build
 
-
-# name -> (method, data file kind)
-BASELINES = {
-    "ga": ("ga", "singles"),
-    "npo": ("npo", "singles"),
-    "idk_dpo": ("dpo", "idk_pairs"),
-    "reasoned_idk": ("dpo", "reasoned_idk_pairs"),
-}
-
-
-def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path) -> dict:
-    """The baselines with CiPO's budget (same steps, batch, learning rate, retain term); returns
-    {name: after-summary}."""
-    from cipo_fast.trainers.preference import main as train
-
-    files = baseline_data(data["forget"], out / "data")
+    files = build(
+        BaselineDataConfig(forget=str(data["forget"]), out=str(out / "data"), seeds=str(data["forget"]))
+    )
+    files["items"] = Path(data["forget"])
     n = len(read_jsonl(data["forget"]))
-    results = {}
-    for name, (method, kind) in BASELINES.items():
-        run = out / name
-        if not (run / "summary.json").is_file():
-            resume = interrupted(run)
-            train(
-                _train_config(
-                    cfg,
-                    method=method,
-                    model=target,
-                    data=str(files[kind]),
-                    retain=str(data["retain_all"]),
-                    out=str(run),
-                    max_steps=steps,
-                    epochs=steps * cfg.batch_size / n,
-                    resume=resume,
-                    overwrite=not resume,
+    results: dict[str, dict] = {}
+    for name in cfg.compare_methods:
+        spec = COMPARED[name]
+        results[name] = {}
+        if spec.method is None:  # a guard: the target, decoded under it
+            t = time.perf_counter()
+            summary = _eval(cfg, target, out / name / "eval", data, name, original=target, guard=spec.guard)
+            results[name]["target"] = _timed(out / name, summary, t)
+            continue
+        own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
+        for lr in sweep_lrs(spec, cfg.lr, own):
+            key = f"lr={lr:g}"
+            if name == "cipo" and lr == cfg.lr:
+                results[name][key] = cipo_after
+                continue
+            run = out / name / key
+            t = time.perf_counter()
+            if not (run / "summary.json").is_file():
+                resume = interrupted(run)
+                common = dict(
+                    model=target, out=str(run), max_steps=steps, resume=resume, overwrite=not resume
                 )
-            )
-        results[name] = _eval(cfg, str(run / "model"), out / name / "eval", data, name, original=target)
+                fit(_method_config(cfg, spec, files, data, lr, steps * cfg.batch_size / n, **common))
+            summary = _eval(cfg, str(run / "model"), run / "eval", data, f"{name} {key}", original=target)
+            results[name][key] = _timed(run, summary, t)
     return results
 
 
+def _method_config(cfg: DemoConfig, spec, files: dict, data: dict, lr: float, epochs: float, **common):
+    """The `TrainConfig` of one compared setting. R²MU takes its own learning rate and batch options and
+    preserves the activations of the demo's arithmetic training problems (its reasoning data)."""
+    if spec.method == "r2mu":
+        return TrainConfig(
+            method="r2mu",
+            data=str(data["forget"]),
+            retain=str(data["retain"]),
+            seed=cfg.seed,
+            system_prompt=SYSTEM_PROMPT,
+            checkpoint_every=0,
+            keep_checkpoints=1,
+            max_length=1024,
+            progress=cfg.progress,
+            scheduler="constant",
+            r2mu=R2muConfig(r2mu_lr=lr, r2mu_cot_data=str(data["arithmetic_train"])),
+            **common,
+        )
+    over = dict(spec.options)
+    cipo = {k: over.pop(k) for k in list(over) if k in CipoConfig.__dataclass_fields__}
+    return _train_config(
+        cfg,
+        method=spec.method,
+        data=str(files[spec.data]),
+        retain=str(data["retain_all"]),
+        lr=lr,
+        epochs=epochs,
+        cipo=_cipo_config(cfg, CipoConfig(**cipo)),
+        **over,
+        **common,
+    )
+
+
+def _timed(run: Path, summary: dict, t0: float) -> dict:
+    """`summary` with the setting's wall time, measured once (a rerun that reuses it keeps the first)."""
+    path = run / "wall.json"
+    if not path.is_file():
+        write_json(path, {"wall_s": round(time.perf_counter() - t0, 1)})
+    return {**summary, "wall_s": json.loads(path.read_text())["wall_s"]}
+
+
+def _cipo_config(cfg: DemoConfig, base: CipoConfig | None = None) -> CipoConfig:
+    """The demo's CiPO settings (rounds, pairs, epochs, candidates, generation length) over `base`'s."""
+    return dataclasses.replace(
+        base or CipoConfig(),
+        rounds=cfg.rounds,
+        max_pairs_per_item=cfg.max_pairs_per_item,
+        round_epochs=cfg.round_epochs,
+        cf_candidates=cfg.cf_candidates,
+        gen_max_new_tokens=cfg.max_new_tokens,
+    )
+
+
 def main(cfg: DemoConfig) -> dict:
-    from cipo_fast import synthetic
+    from cipo_fast import fit, synthetic
     from cipo_fast.eval import report
-    from cipo_fast.trainers.cipo import main as cipo
     from cipo_fast.trainers.finetune import FinetuneConfig
     from cipo_fast.trainers.finetune import main as finetune
 
@@ -224,7 +270,7 @@ def main(cfg: DemoConfig) -> dict:
         if (cipo_dir / "summary.json").is_file():
             return json.loads((cipo_dir / "summary.json").read_text())
         resume = interrupted(cipo_dir)
-        return cipo(
+        return fit(
             _train_config(
                 cfg,
                 method="cipo",
@@ -232,13 +278,7 @@ def main(cfg: DemoConfig) -> dict:
                 data=str(data["forget"]),
                 retain=str(data["retain_all"]),
                 out=str(cipo_dir),
-                cipo=CipoConfig(
-                    rounds=cfg.rounds,
-                    max_pairs_per_item=cfg.max_pairs_per_item,
-                    round_epochs=cfg.round_epochs,
-                    cf_candidates=cfg.cf_candidates,
-                    gen_max_new_tokens=cfg.max_new_tokens,
-                ),
+                cipo=_cipo_config(cfg),
                 resume=resume,
                 overwrite=not resume,
             )
@@ -259,68 +299,17 @@ def main(cfg: DemoConfig) -> dict:
         "timings_s": timings,
     }
     if cfg.compare:
-        baselines = stage(
-            "baselines",
-            lambda: compare(cfg, str(target), data, cipo_summary["train_steps"], out / "baselines"),
+        from cipo_fast.comparison import compare_table, headline, summarize_sweep, sweep_table
+
+        cipo_after = {**after, "wall_s": timings["CiPO"] + timings["evaluate unlearned model"]}
+        runs = stage(
+            "compare",
+            lambda: compare(cfg, str(target), data, cipo_summary["train_steps"], out / "compare", cipo_after),
         )
-        table = {"cipo": after, **baselines}
-        result["compare"] = {m: _headline(s) for m, s in table.items()}
-        print(compare_table(result["compare"], _headline(before)))
+        result["compare"] = summarize_sweep(runs, headline(before))
+        print(compare_table(result["compare"], headline(before)))
+        print(sweep_table(result["compare"]))
     result["total_s"] = round(time.perf_counter() - t0, 1)
     write_json(out / "demo.json", result)
     print(f"report: {out / 'report.html'}   total {result['total_s']:.0f} s")
     return result
-
-
-def _headline(summary: dict) -> dict:
-    st = summary["strategies"]
-    cot = [v["leak_cot"] for v in st.values() if v["leak_cot"] is not None]
-    fluency = summary.get("fluency") or {}
-    mia = summary.get("mia") or {}
-
-    def auc(part):
-        entry = ((mia.get(part) or {}).get("attacks") or {}).get("min_k_plus_plus")
-        return None if entry is None else entry["auc"]
-
-    return {
-        "max_leak_cot": max(cot) if cot else None,
-        "max_leak_answer": max(v["leak_answer"] for v in st.values()),
-        "greedy_leak_cot": st["greedy"]["leak_cot"],
-        "greedy_leak_answer": st["greedy"]["leak_answer"],
-        "mcs": summary["mcs"],
-        "retain_accuracy": summary.get("retain", {}).get("accuracy"),
-        "arithmetic_accuracy": summary.get("utility", {}).get("accuracy"),
-        "greedy_logprob": (fluency.get("greedy") or {}).get("mean_logprob"),
-        "retain_logprob": (fluency.get("retain") or {}).get("mean_logprob"),
-        "sampled_repetition": (fluency.get("sample_t1.0") or {}).get("repetition_rate"),
-        "mia_auc_answer": auc("answer"),
-        "mia_auc_cot": auc("cot"),
-    }
-
-
-COLUMNS = {  # key -> (header, format)
-    "max_leak_cot": ("worst CoT leak", "pct"),
-    "max_leak_answer": ("worst answer leak", "pct"),
-    "mcs": ("MCS", "pct"),
-    "retain_accuracy": ("retain acc", "pct"),
-    "arithmetic_accuracy": ("arithmetic acc", "pct"),
-    "greedy_logprob": ("log-prob, forget greedy", "num"),
-    "retain_logprob": ("log-prob, retain", "num"),
-    "sampled_repetition": ("3-gram rep., T = 1.0", "num"),
-    "mia_auc_answer": ("MIA AUC answer", "num"),
-    "mia_auc_cot": ("MIA AUC CoT", "num"),
-}
-
-
-def compare_table(rows: dict[str, dict], target: dict) -> str:
-    """Markdown table of the methods' headline numbers (log-probs under the target model; MIA: Min-K%++ AUC
-    of forget vs holdout authors, 0.5 = indistinguishable from unseen authors)."""
-    head = ["method", *(h for h, _ in COLUMNS.values())]
-    lines = [" | ".join(head), " | ".join("---" for _ in head)]
-    for name, r in {"target (before)": target, **rows}.items():
-        cells = []
-        for key, (_, kind) in COLUMNS.items():
-            v = r.get(key)
-            cells.append("–" if v is None else f"{100 * v:.1f}%" if kind == "pct" else f"{v:.2f}")
-        lines.append(" | ".join([name, *cells]))
-    return "\n".join(lines)

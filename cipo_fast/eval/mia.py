@@ -61,6 +61,12 @@ from cipo_fast.data.packing import Sequence
 
 GRANULARITIES = ("answer", "cot")
 VAR_FLOOR = 1e-6  # open-unlearning's clamp of the Min-K%++ variance
+# the attack that tables and the console headline: Min-K%, open-unlearning's privleak attack
+# (configs/eval/tofu_metrics/privleak.yaml pre-computes mia_min_k). Min-K%++ saturates on fine-tuned
+# targets: a memorized token (p -> 1) has mu -> log p and var -> 0, so its z-score tends to 0 rather
+# than growing, and a heavily memorized forget set can score *below* unseen items (demo target: AUC
+# 0.24 on answers while LOSS, zlib and Min-K% give 1.0).
+HEADLINE_ATTACK = "min_k"
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,14 @@ A row per decoding strategy (CoT / answer / any leak), then the headline numbers
 aligned columns. Given the summary of the model before unlearning, every cell reads "before → after";
 a value missing on both sides is a single "–".
 
-Then R-TOFU's aggregates and the Min-K%++ membership-inference AUC when they were computed. It is plain
-text only (no colours, no terminal control codes) and has no per-item detail or secondary metrics such as
-ROUGE-L or fluency; the HTML page has those.
+Then R-TOFU's aggregates and the Min-K% membership-inference AUC (open-unlearning's privleak attack)
+when they were computed. It is plain text only (no colours, no terminal control codes) and has no
+per-item detail or secondary metrics such as ROUGE-L or fluency; the HTML page has those.
 """
 
 from __future__ import annotations
 
+from cipo_fast.eval.mia import HEADLINE_ATTACK
 from cipo_fast.eval.report.summary import ACCURACY_SETS, accuracy_of, arrow, metric_of, pct, strategy_names
 
 
@@ -19,7 +20,7 @@ def _auc(x) -> str:
 
 
 def _mia_auc(summary: dict | None, part: str):
-    entry = (((summary or {}).get("mia") or {}).get(part) or {}).get("attacks", {}).get("min_k_plus_plus")
+    entry = (((summary or {}).get("mia") or {}).get(part) or {}).get("attacks", {}).get(HEADLINE_ATTACK)
     return None if entry is None else entry["auc"]
 
 
@@ -63,9 +64,9 @@ def console_table(summary: dict, before: dict | None = None) -> str:
         if k in summary.get("rtofu", {})
     ]
     for part in ("answer", "cot"):
-        if "min_k_plus_plus" in ((summary.get("mia") or {}).get(part) or {}).get("attacks", {}):
+        if HEADLINE_ATTACK in ((summary.get("mia") or {}).get(part) or {}).get("attacks", {}):
             scalars.append(
-                (f"MIA AUC, {part} (Min-K%++)", lambda s, p=part: _mia_auc(s, p)),
+                (f"MIA AUC, {part} (Min-K%)", lambda s, p=part: _mia_auc(s, p)),
             )
     width = max(len(name) for name, _ in scalars)
     for name, get in scalars:

@@ -1,0 +1,108 @@
+"""`demo --compare`: the selection rule, the sweep, the tables, and a small comparison on the tiny model."""
+
+import json
+
+import pytest
+
+from cipo_fast.comparison import (
+    LR_SWEEP,
+    METHODS,
+    best_setting,
+    compare_table,
+    summarize_sweep,
+    sweep_lrs,
+    sweep_table,
+)
+
+TARGET = {"retain_accuracy": 0.80, "arithmetic_accuracy": 0.30}
+
+
+def row(cot, answer, retain, arith):
+    return {
+        "max_leak_cot": cot,
+        "max_leak_answer": answer,
+        "retain_accuracy": retain,
+        "arithmetic_accuracy": arith,
+    }
+
+
+def test_best_setting_forgets_most_among_those_that_keep_utility():
+    rows = {
+        "lr=1e-05": row(0.5, 0.4, 0.80, 0.30),
+        "lr=3e-05": row(0.1, 0.2, 0.72, 0.25),  # within 10 points on both: kept, worst leak 0.2
+        "lr=0.0001": row(0.0, 0.0, 0.50, 0.30),  # forgets everything but loses retain: not kept
+    }
+    assert best_setting(rows, TARGET) == "lr=3e-05"
+    rows["lr=2e-05"] = row(0.2, 0.1, 0.79, 0.30)  # same worst leak, more retain: preferred
+    assert best_setting(rows, TARGET) == "lr=2e-05"
+    broken = {"a": row(0.0, 0.0, 0.2, 0.0), "b": row(0.0, 0.0, 0.4, 0.05)}  # none keeps utility
+    assert best_setting(broken, TARGET) == "b"
+    with pytest.raises(ValueError):
+        best_setting({}, TARGET)
+
+
+def test_sweep_learning_rates():
+    assert sweep_lrs(METHODS["ga"], 1e-4) == [pytest.approx(m * 1e-4) for m in LR_SWEEP]
+    assert sweep_lrs(METHODS["r2mu"], 1e-4, 7.5e-5) == [pytest.approx(m * 7.5e-5) for m in LR_SWEEP]
+    assert sweep_lrs(METHODS["star"], 1e-4) == []
+
+
+def test_tables_mark_the_best_setting():
+    head = lambda r: {"strategies": {"greedy": {"leak_cot": r[0], "leak_answer": r[1]}}, "mcs": 0.5}  # noqa: E731
+    runs = {"ga": {"lr=1": head((0.5, 0.5)), "lr=3": head((0.0, 0.25))}}
+    summary = summarize_sweep(runs, {})
+    assert summary["ga"]["best"] == "lr=3"
+    table = compare_table(summary, {"max_leak_cot": 1.0, "max_leak_answer": 1.0})
+    assert "ga | lr=3 | 0.0% | 25.0%" in table and table.count("\n") == 3
+    assert "lr=3 (best)" in sweep_table(summary) and "lr=1 |" in sweep_table(summary)
+
+
+def test_compare_runs_each_setting_once_and_reuses_it(tiny_model_dir, tmp_path, monkeypatch):
+    """A small comparison on the tiny model: each setting of the sweep trains and is evaluated, the guard
+    evaluates the target, and a rerun reuses every setting (same wall time recorded)."""
+    from cipo_fast import comparison, demo, synthetic
+    from cipo_fast.data.io import read_jsonl, write_jsonl
+
+    monkeypatch.setattr(comparison, "LR_SWEEP", (1.0, 3.0))
+    data = synthetic.build(
+        tmp_path / "data", n_authors=3, n_forget=1, n_arith_train=4, n_arith_eval=2, n_holdout=1
+    )
+    data["retain_all"] = demo.retain_with_arithmetic(data, tmp_path / "data" / "retain_all.jsonl")
+    for key in ("forget", "retain"):  # fewer items keep the evaluation short
+        rows = [r for _, r in read_jsonl(data[key])][:3]
+        write_jsonl(data[key], rows)
+    cfg = demo.DemoConfig(
+        out=str(tmp_path / "demo"),
+        lr=1e-3,
+        batch_size=2,
+        eval_samples=1,
+        max_new_tokens=4,
+        progress=False,
+        compare=True,
+        compare_methods=("ga_kl", "answer_idk", "tru", "star"),
+    )
+    import cipo_fast
+
+    calls, fit = [], cipo_fast.fit
+
+    def counting_fit(c):
+        calls.append((c.method, c.lr, c.retain_loss, c.loss_on))
+        return fit(c)
+
+    monkeypatch.setattr(cipo_fast, "fit", counting_fit)  # compare looks fit up when it runs
+    out = tmp_path / "compare"
+    runs = demo.compare(cfg, str(tiny_model_dir), data, 2, out, cipo_after={})
+    assert set(runs) == {"ga_kl", "answer_idk", "tru", "star"}
+    assert set(runs["ga_kl"]) == {"lr=0.001", "lr=0.003"} and set(runs["star"]) == {"target"}
+    assert sorted(calls) == sorted(
+        [("ga", lr, "kl", "all") for lr in (1e-3, 3e-3)]
+        + [("sft", lr, "nll", "answer") for lr in (1e-3, 3e-3)]
+        + [("tru", lr, "nll", "all") for lr in (1e-3, 3e-3)]
+    )
+    assert json.loads((out / "star" / "eval" / "summary.json").read_text())["guard"]["name"] == "star"
+    metrics = [json.loads(x) for x in (out / "ga_kl" / "lr=0.003" / "metrics.jsonl").read_text().splitlines()]
+    assert len([m for m in metrics if "loss" in m]) == 2 and "loss/retain_kl" in metrics[-1]
+    walls = {k: v["wall_s"] for k, v in runs["tru"].items()}
+    calls.clear()
+    again = demo.compare(cfg, str(tiny_model_dir), data, 2, out, cipo_after={})
+    assert not calls and {k: v["wall_s"] for k, v in again["tru"].items()} == walls
