@@ -47,8 +47,7 @@ class MethodSpec:
     own_lr: bool = False  # the method's own default learning rate is its base (R²MU)
 
 
-METHODS: dict[str, MethodSpec] = {
-    "cipo": MethodSpec("cipo", "items"),
+METHODS: dict[str, MethodSpec] = {  # run in this order: the costly CiPO sweep points last
     "cipo_paper": MethodSpec("cipo", "items", {"cipo_variant": "paper"}),
     "ga": MethodSpec("ga"),
     "ga_answer": MethodSpec("ga", options={"loss_on": "answer"}),
@@ -66,6 +65,7 @@ METHODS: dict[str, MethodSpec] = {
     "r2mu": MethodSpec("r2mu", "items", own_lr=True),
     "star": MethodSpec(None, guard="star"),
     "guard": MethodSpec(None, guard="guard"),
+    "cipo": MethodSpec("cipo", "items"),
 }
 
 
@@ -180,7 +180,7 @@ def compare_table(summary: dict, target: dict) -> str:
     head = ["method", "setting", *(h for h, _ in COLUMNS.values())]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     lines.append(" | ".join(["target (before)", "–", *_cells(target, COLUMNS)]))
-    for name, entry in summary.items():
+    for name, entry in sorted(summary.items(), key=lambda kv: kv[0] not in ("cipo", "cipo_paper")):
         if entry["best"] is not None:
             lines.append(
                 " | ".join([name, entry["best"], *_cells(entry["settings"][entry["best"]], COLUMNS)])
