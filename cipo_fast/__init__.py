@@ -14,7 +14,7 @@ The package, by layer (each sub-package's docstring lists its modules):
     model/       model sources and loading, packed attention, the forward pass, generation
     data/        files in and out, the think block, tokenization, training formats, items, packing
     train/       losses, schedule, the optimizer step, policy, reference log-probs and their cache,
-                 checkpoints, the run directory
+                 checkpoints, the run directory; torchrun + FSDP2 sharding (process group, balance, DCP)
     unlearning/  CiPO's counterfactual traces, preference pairs, retain mirrors, rounds; CiPO as
                  published; R²MU; the R-TOFU baseline and TRU data; the STaR / GUARD decoding guards
     eval/        leakage (facts, text), metrics, scoring, predictions, the evaluation command, report/
@@ -33,7 +33,15 @@ __version__ = "0.1.0"
 def fit(cfg: TrainConfig) -> dict:
     """Run one training (`cipo-fast train`): the CiPO loop for `method="cipo"` (the engine's or the paper's
     variant), R²MU for `method="r2mu"`, else the preference / unlearning trainer. Returns the run's
-    summary."""
+    summary. Under torchrun only the preference / unlearning trainer runs (sharded, FSDP2)."""
+    from cipo_fast.train.distributed import launched
+
+    if launched() and cfg.method in ("cipo", "r2mu"):
+        raise ValueError(
+            f"--method {cfg.method} under torchrun: the CiPO loop and R²MU do not run on a process group yet; "
+            "run them in one process (without torchrun), or train a loss-based method (dpo, npo, ga, sft, ...) "
+            "on several"
+        )
     if cfg.method == "cipo" and cfg.cipo.cipo_variant == "paper":
         from cipo_fast.trainers.cipo_paper import main
     elif cfg.method == "cipo":

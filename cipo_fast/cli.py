@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -138,6 +139,12 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from cipo_fast.train.distributed import launched
+
+        if launched() and args.command != "train":
+            raise ValueError(
+                "under torchrun only `cipo-fast train` runs sharded; run this command in one process"
+            )
         if args.command == "train":
             from cipo_fast.config import CipoConfig, R2muConfig, TrainConfig
 
@@ -149,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             from cipo_fast import fit
 
             summary = fit(cfg)
+            if int(os.environ.get("RANK", "0")) != 0:
+                return 0  # under torchrun rank 0 reports
             if cfg.method == "cipo":
                 print(f"done: {len(summary['rounds'])} round(s), model in {summary['model_dir']}")
             else:

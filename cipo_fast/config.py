@@ -51,6 +51,7 @@ RESUME_MAY_CHANGE = {
     "save_steps",
     "keep_checkpoints",
     "cpu_mmap_threshold_mb",
+    "fsdp_cpu_offload",
 }
 
 
@@ -262,6 +263,10 @@ class TrainConfig:
     lora_alpha: int = opt(16, "LoRA alpha", ge=1)
     checkpoint_every: int = opt(1, "activation checkpointing of every n-th decoder layer; 0 = off", ge=0)
     trust_remote_code: bool = opt(False, "allow models that ship their own code")
+    fsdp_cpu_offload: bool = opt(
+        False,
+        "under torchrun (FSDP2, CUDA): keep the parameter shards, gradients and AdamW state in host memory",
+    )
     backend: Literal["auto", "triton", "chunked", "reference"] = opt(
         "auto", "fused log-prob backend: triton (CUDA), chunked (any device), reference (full logits)"
     )

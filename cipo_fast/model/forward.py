@@ -7,6 +7,10 @@ transform logits are handled from their config (`final_logit_softcapping`, `logi
 logits on a probe, so a model with some other transform fails loudly instead of training on wrong
 log-probs. `token_stats` keeps the per-token values instead of sums, with the mean and variance of
 `log p` under the model's own distribution (membership inference, `cipo_fast.eval.mia`).
+
+Under FSDP2 (`cipo_fast.train.distributed.shard_model`) the decoder is entered through a forward method of
+the sharded root (`SHARDED_DECODER`), so FSDP gathers the embeddings, final norm and LM head around it,
+and the head weight is read after that forward, when it is whole (`lm_head_weight`).
 """
 
 from __future__ import annotations
@@ -45,13 +49,41 @@ def head_spec(model) -> HeadSpec:
     return HeadSpec(scale=scale, softcap=float(softcap) if softcap else None)
 
 
-def lm_head_weight(model) -> torch.Tensor:
+# the attribute `shard_model` sets on a sharded root: its decoder call, registered as an FSDP forward method
+SHARDED_DECODER = "cipo_sharded_decoder"
+
+
+def _head(model):
     head = base_model(model).get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
         raise ValueError(
             "the model has no bias-free output embedding (LM head); cipo-fast cannot fuse its head"
         )
-    return head.weight
+    return head
+
+
+def compute_device(model) -> torch.device:
+    """Where the model computes: its head weight's device, or, for a sharded weight (a DTensor, whose
+    shards FSDP2 may keep in host memory), its mesh's device."""
+    weight = _head(model).weight
+    if not hasattr(weight, "device_mesh"):
+        return weight.device
+    kind = weight.device_mesh.device_type
+    return torch.device(kind, torch.cuda.current_device()) if kind == "cuda" else torch.device(kind)
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    """The LM-head weight `[V, d]` as the fused op needs it: whole. Under FSDP2 it is whole after
+    `forward_hidden` (the root's group stays gathered until its backward); a weight that is still a
+    sharded DTensor (read before that forward, or a head sharded on its own) is gathered here
+    differentiably: all-gather now, and in the backward its gradient, `Partial` on every rank, summed and
+    scattered back to the shards (the sum FSDP's reductions use here too)."""
+    weight = _head(model).weight
+    if hasattr(weight, "full_tensor"):  # a DTensor
+        from torch.distributed.tensor import Partial
+
+        weight = weight.full_tensor(grad_placements=[Partial()] * weight.device_mesh.ndim)
+    return weight
 
 
 def forward_hidden(
@@ -68,7 +100,7 @@ def forward_hidden(
             "a prefix-shared micro-batch needs the cipo_varlen attention; this model uses "
             f"{base_model(model).config._attn_implementation!r} (pack without share_prefix)"
         )
-    decoder = base_model(model).get_decoder()
+    decoder = getattr(model, SHARDED_DECODER, None) or base_model(model).get_decoder()
     out = decoder(
         input_ids=input_ids[None],
         position_ids=position_ids[None],
@@ -82,7 +114,7 @@ def check_logits_path(model, tokenizer, backend: str = "auto", tol: float = 1e-3
     """Compare fused log-probs with the model's own logits on a probe; raise if they disagree."""
     from cipo_fast.ops.logprobs import token_logprobs
 
-    device = lm_head_weight(model).device
+    device = compute_device(model)
     ids = (
         tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids[0].to(device)
     )
@@ -111,14 +143,14 @@ def micro_batch_logps(
     from cipo_fast.ops.logprobs import sequence_logprobs, token_logprobs
 
     spec = head_spec(model)
-    weight = lm_head_weight(model)
-    device = weight.device
+    device = compute_device(model)
     mb = mb.to(device)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     with ctx:
         hidden = forward_hidden(
             model, mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen, mb.prefixes
         )
+    weight = lm_head_weight(model)  # after the forward: whole under FSDP2
     if spec.scale != 1.0:
         hidden = hidden * spec.scale
     if autocast_dtype is not None:  # the fused op wants one dtype; it accumulates in fp32 regardless
@@ -152,21 +184,49 @@ def micro_batch_kl(model, frozen, mb, autocast_dtype: torch.dtype | None = None)
         raise ValueError("the KL term needs micro-batches packed without prefix sharing")
     ref_model, ref_ctx = frozen
     spec, ref_spec = head_spec(model), head_spec(ref_model)
-    weight, ref_weight = lm_head_weight(model), lm_head_weight(ref_model)
     if spec.softcap or ref_spec.softcap:
         raise ValueError("the KL term does not support logit soft-capping")
-    mb = mb.to(weight.device)
+    device = compute_device(model)
+    mb = mb.to(device)
     args = (mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen)
-    ctx = torch.autocast(weight.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     with ctx:
         hidden = forward_hidden(model, *args)
         with torch.no_grad(), ref_ctx():
             ref_hidden = forward_hidden(ref_model, *args) * ref_spec.scale
+    weight, ref_weight = (
+        lm_head_weight(model),
+        lm_head_weight(ref_model),
+    )  # after the forward: whole under FSDP2
     kl = token_kl(
         (hidden * spec.scale).to(weight.dtype), weight, ref_hidden.to(weight.dtype), ref_weight, mb.loss_mask
     )
     sums = torch.zeros(mb.num_seqs, dtype=kl.dtype, device=kl.device)
     return sums.index_add(0, mb.seq_ids[mb.loss_mask], kl)
+
+
+def scoring_groups(seqs, share: bool) -> list[tuple[int, ...]]:
+    """`seqs` indices as `score_sequences` packs them: with `share`, neighbours with a common prefix (the
+    chosen and rejected sides of a pair listed one after the other) as one group, else one by one."""
+    from cipo_fast.data.packing import shared_prefix
+
+    groups, i = [], 0
+    while i < len(seqs):
+        if share and i + 1 < len(seqs) and shared_prefix(seqs[i], seqs[i + 1]):
+            groups.append((i, i + 1))
+            i += 2
+        else:
+            groups.append((i,))
+            i += 1
+    return groups
+
+
+def scoring_batches(seqs, token_budget: int, share: bool) -> tuple[list[tuple[int, ...]], list]:
+    """`(scoring_groups, their packed micro-batches)`: exactly the forwards `score_sequences` runs."""
+    from cipo_fast.data.packing import pack
+
+    groups = scoring_groups(seqs, share)
+    return groups, pack([tuple(seqs[j] for j in g) for g in groups], token_budget, share_prefix=share)
 
 
 @torch.no_grad()
@@ -177,32 +237,27 @@ def score_sequences(
     backend: str = "auto",
     progress: str | None = None,
     share_prefix: bool = True,
+    min_batches: int = 0,
 ) -> torch.Tensor:
     """Completion log-prob sums `[len(seqs)]` of independent sequences, packed, without gradients.
 
     With `share_prefix` (and an attention that supports it), neighbours with a common prefix, such as the
     chosen and rejected sides of a pair listed one after the other, are packed with the prefix stored once.
+    With `min_batches`, the first micro-batch is run again (its result dropped) until that many forwards ran:
+    under FSDP2 every rank must run as many (`cipo_fast.train.distributed.score_across`).
     """
     from tqdm.auto import tqdm
 
-    from cipo_fast.data.packing import pack, shared_prefix
-
     share = share_prefix and supports_prefix_sharing(model)
-    groups, i = [], 0
-    while i < len(seqs):
-        if share and i + 1 < len(seqs) and shared_prefix(seqs[i], seqs[i + 1]):
-            groups.append((i, i + 1))
-            i += 2
-        else:
-            groups.append((i,))
-            i += 1
+    groups, batches = scoring_batches(seqs, token_budget, share)
     out = torch.zeros(len(seqs), dtype=torch.float32)
     was_training = model.training
     model.eval()
-    batches = pack([tuple(seqs[j] for j in g) for g in groups], token_budget, share_prefix=share)
     for mb in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         where = torch.tensor([j for g in mb.groups for j in groups[g]])
         out[where] = micro_batch_logps(model, mb, backend).float().cpu()
+    for _ in range(min_batches - len(batches)):
+        micro_batch_logps(model, batches[0], backend)
     model.train(was_training)
     return out
 
@@ -219,13 +274,13 @@ def token_stats(
     from cipo_fast.ops.logprobs import token_logprob_stats
 
     spec = head_spec(model)
-    weight = lm_head_weight(model)
     out: list = [None] * len(seqs)
     was_training = model.training
     model.eval()
     for mb in pack([(s,) for s in seqs], token_budget):
-        mb = mb.to(weight.device)
+        mb = mb.to(compute_device(model))
         hidden = forward_hidden(model, mb.input_ids, mb.position_ids, mb.cu_seqlens, mb.max_seqlen)
+        weight = lm_head_weight(model)
         hidden = (hidden * spec.scale if spec.scale != 1.0 else hidden).to(weight.dtype)
         stats = token_logprob_stats(
             hidden, weight, mb.targets, mb.loss_mask, backend=backend, softcap=spec.softcap

@@ -167,23 +167,28 @@ def quiet_transformers() -> None:
     warnings.filterwarnings("ignore", message=".*use_cache=True.*gradient checkpointing.*")
 
 
-def save_pretrained_atomic(model, tokenizer, target: Path) -> Path:
+def save_pretrained_atomic(model, tokenizer, target: Path, state_dict: dict | None = None) -> Path:
     """An HF-format directory (safetensors) that `AutoModelForCausalLM.from_pretrained` loads, written
-    next to `target` and renamed over it."""
+    next to `target` and renamed over it; `state_dict` replaces the model's own (a sharded model's,
+    gathered)."""
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    extra = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(tmp, safe_serialization=True, **extra)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
 
 
-def save_final(model, tokenizer, run_dir: Path, lora: bool, merged: bool = False) -> str:
+def save_final(
+    model, tokenizer, run_dir: Path, lora: bool, merged: bool = False, state_dict: dict | None = None
+) -> str:
     """The run's final model in `run_dir`: `model/` (full fine-tuning) or `adapter/` (LoRA; with `merged`
-    also the merged `model/`). Returns the name of the directory to load (`model` or `adapter`)."""
+    also the merged `model/`). Returns the name of the directory to load (`model` or `adapter`).
+    `state_dict`: the weights to write instead of the model's own (the full state dict of a sharded model)."""
     name = "adapter" if lora else "model"
-    save_pretrained_atomic(model, tokenizer, run_dir / name)
+    save_pretrained_atomic(model, tokenizer, run_dir / name, state_dict)
     if lora and merged:
         save_pretrained_atomic(model.merge_and_unload(), tokenizer, run_dir / "model")
         return "model"

@@ -8,4 +8,7 @@ reference.py   reference log-prob sums of a run (cache first, then a reference p
 refcache.py    the persistent content-addressed cache of reference sums
 checkpoint.py  atomic, verified checkpoints (safetensors + JSON)
 run_dir.py     the run directory's lifecycle: validate, build in OUT.partial, move into place
+distributed.py torchrun: the process group, FSDP2 sharding, the LM head under it, rank-0 helpers
+balance.py     a step's samples split over the ranks by token count, equal pass counts
+sharded_checkpoint.py  checkpoints of a sharded run (torch.distributed.checkpoint), any world size
 """

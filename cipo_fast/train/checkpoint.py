@@ -12,6 +12,11 @@ It is written into `step-00000042.tmp<pid>/`, every file fsynced, then renamed i
 is `checkpoints/latest` (a one-line text file) replaced atomically. A crash at any point leaves the previous
 checkpoint and `latest` intact; `find_latest` verifies the checksums and falls back to the newest complete
 checkpoint if `latest` points at a damaged one.
+
+A run sharded over a process group writes the same folder with the model and optimizer as
+`torch.distributed.checkpoint` shards instead (`cipo_fast.train.sharded_checkpoint`: `save(..., world=)`);
+`verify`, `find_latest` and `load` read either kind, so a checkpoint of N processes resumes in one and one
+of one process under N.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from cipo_fast.data.io import write_text
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -56,10 +61,67 @@ def _optimizer_tensors(optimizer, names: dict[int, str]) -> tuple[dict[str, torc
     return tensors, sd["param_groups"]
 
 
-def save(ckpt_root: Path, index: int, model, optimizer, state: dict, keep: int = 2) -> Path:
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """torch's CPU (and CUDA) generator states, for `rng.safetensors`."""
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = s
+    return rng
+
+
+def host_rng() -> dict:
+    """Python's and numpy's generator states, for `state.json`."""
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python_random": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy_random": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def restore_rng(path: Path, state: dict) -> None:
+    """Set every generator from a checkpoint's `rng.safetensors` and `state.json` (`state`)."""
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
+    py = state["python_random"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npr = state["numpy_random"]
+    np.random.set_state((npr[0], np.asarray(npr[1], dtype=np.uint32), *npr[2:]))
+
+
+def commit(tmp: Path, final: Path, keep: int) -> Path:
+    """The end of every save: fsync every file of the complete `tmp`, rename it to `final` (the commit
+    point), point `latest` at it and keep the newest `keep` checkpoints."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    ckpt_root = final.parent
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_text(ckpt_root / "latest", final.name + "\n")
+    complete = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and ".tmp" not in p.name)
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob("step-*.tmp*"):  # left by a crash during an earlier save
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def save(ckpt_root: Path, index: int, model, optimizer, state: dict, keep: int = 2, world=None) -> Path:
     """Write checkpoint number `index` atomically and point `latest` at it; keep the newest `keep`.
 
-    `state` is stored as given; its `step` defaults to `index` (a caller's own `step` is never replaced)."""
+    `state` is stored as given; its `step` defaults to `index` (a caller's own `step` is never replaced).
+    With `world` (a sharded run) every rank calls it and the model and optimizer go to DCP shards."""
+    if world is not None:
+        from cipo_fast.train import sharded_checkpoint
+
+        return sharded_checkpoint.save(ckpt_root, index, model, optimizer, state, keep, world)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{index:08d}"
     tmp = ckpt_root / f"{final.name}.tmp{os.getpid()}"
@@ -71,45 +133,29 @@ def save(ckpt_root: Path, index: int, model, optimizer, state: dict, keep: int =
     save_file(trainable_state(model), str(tmp / "model.safetensors"))
     opt_tensors, groups = _optimizer_tensors(optimizer, names)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"torch_cuda_{i}"] = s
-    save_file(rng, str(tmp / "rng.safetensors"))
-    py_state = random.getstate()
-    np_state = np.random.get_state()
+    save_file(rng_tensors(), str(tmp / "rng.safetensors"))
     full = {
         "step": index,
         **state,
         "optimizer_param_groups": groups,
         "optimizer_param_names": [names[i] for i in range(len(params))],
-        "python_random": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy_random": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "sha256": {f: _sha256(tmp / f) for f in FILES},
+        **host_rng(),
+        "sha256": {f: sha256_of(tmp / f) for f in FILES},
     }
     (tmp / "state.json").write_text(json.dumps(full))
-    for f in (*FILES, "state.json"):
-        with open(tmp / f, "rb+") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_text(ckpt_root / "latest", final.name + "\n")
-    complete = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and ".tmp" not in p.name)
-    for old in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt_root.glob("step-*.tmp*"):  # left by a crash during an earlier save
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
-    return final
+    return commit(tmp, final, keep)
 
 
 def verify(path: Path) -> dict | None:
-    """The checkpoint's state dict if every file is present and matches its checksum, else None."""
+    """The checkpoint's state dict if every file is present and matches its checksum, else None. A
+    sharded checkpoint lists its DCP files (`dcp/...`) among them."""
     try:
         state = json.loads((path / "state.json").read_text())
-        if all(_sha256(path / f) == state["sha256"][f] for f in FILES):
+        sums = state["sha256"]
+        required = ("dcp/.metadata", "rng.safetensors") if state.get("format") == "dcp" else FILES
+        if all(f in sums for f in required) and all(sha256_of(path / f) == h for f, h in sums.items()):
             return state
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     return None
 
@@ -145,11 +191,19 @@ def steps_done(ckpt_root: Path, key: str = "step") -> int:
     return int(verify(latest)[key])
 
 
-def load(path: Path, model, optimizer) -> dict:
-    """Restore parameters, optimizer and RNG from a verified checkpoint; returns its state dict."""
+def load(path: Path, model, optimizer, world=None) -> dict:
+    """Restore parameters, optimizer and RNG from a verified checkpoint; returns its state dict. A sharded
+    checkpoint, or any checkpoint under a process group (`world`: every rank calls it), goes through
+    `sharded_checkpoint`."""
     state = verify(path)
     if state is None:
         raise ValueError(f"{path}: checkpoint is incomplete or fails its checksums")
+    if state.get("format") == "dcp" or world is not None:
+        from cipo_fast.train import sharded_checkpoint
+
+        sharded_checkpoint.load(path, state, model, optimizer)
+        restore_rng(path, state)
+        return state
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in load_file(str(path / "model.safetensors")).items():
@@ -164,14 +218,5 @@ def load(path: Path, model, optimizer) -> dict:
         if entry:
             sd_state[i] = entry
     optimizer.load_state_dict({"state": sd_state, "param_groups": state["optimizer_param_groups"]})
-    rng = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(rng["torch_cpu"])
-    if torch.cuda.is_available():
-        cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
-        if cuda_states:
-            torch.cuda.set_rng_state_all(cuda_states)
-    py = state["python_random"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npr = state["numpy_random"]
-    np.random.set_state((npr[0], np.asarray(npr[1], dtype=np.uint32), *npr[2:]))
+    restore_rng(path, state)
     return state

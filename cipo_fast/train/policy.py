@@ -7,7 +7,9 @@
   fragment it and keep the peak resident memory high (SmolLM2-135M DPO, `bench/throughput.py`: 3.59 ->
   3.43 GB peak at 8 MiB at the same speed; 1 MiB: 2.89 GB but 23 % slower). Process-wide; 0 = off.
 * `build_policy` loads the model, checks its fused logits path and builds fused AdamW over its trainable
-  parameters (LoRA adapters only, under LoRA).
+  parameters (LoRA adapters only, under LoRA). In two halves for a sharded run: `load_policy` (the whole
+  model, whose fingerprint names the reference cache) and `make_policy` (FSDP2 over the process group
+  when there is one, `cipo_fast.train.distributed`, then the optimizer over the shards).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from cipo_fast.data.tokenize import TextFormat, Tokenizer
 from cipo_fast.model.forward import check_logits_path
 from cipo_fast.model.loading import ModelOptions, load_model, load_tokenizer
+from cipo_fast.train.distributed import World, shard_model
 from cipo_fast.train.step import Policy
 
 
@@ -52,6 +55,11 @@ def make_tokenizer(cfg) -> Tokenizer:
 def build_policy(cfg, tok: Tokenizer) -> Policy:
     """The model being trained (logits path checked) with fused AdamW (betas 0.9/0.999, eps 1e-8: the
     PyTorch and HF TrainingArguments defaults); bf16 autocast on CUDA when the weights are fp32."""
+    return make_policy(cfg, load_policy(cfg, tok))
+
+
+def load_policy(cfg, tok: Tokenizer):
+    """The model to train, whole, its fused logits path checked."""
     model, _ = load_model(
         cfg.model,
         ModelOptions(
@@ -64,11 +72,18 @@ def build_policy(cfg, tok: Tokenizer) -> Policy:
         ),
     )
     check_logits_path(model, tok.tok, cfg.backend)
-    device = next(model.parameters()).device
+    return model
+
+
+def make_policy(cfg, model, world: World | None = None) -> Policy:
+    """`model` with its optimizer; with `world`, sharded over it first (FSDP2)."""
+    if world is not None:
+        shard_model(model, world, cfg.fsdp_cpu_offload)
+    device = world.device if world is not None else next(model.parameters()).device  # offloaded shards: CPU
     autocast = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "float32" else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     fused = trainable[0].device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(
         trainable, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay, fused=fused
     )
-    return Policy(model, optimizer, trainable, autocast)
+    return Policy(model, optimizer, trainable, autocast, world=world)

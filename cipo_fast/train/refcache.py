@@ -10,6 +10,10 @@ and everything else that changes the numbers (dtype, logit transform, format ver
 a SHA-256 of both. Shards are written to a temporary file, fsynced and renamed, so a crash leaves either
 the old state or the complete new shard. On load every shard is verified; a shard that does not parse or
 whose checksum does not match is moved aside (`*.corrupt`) and its sequences are recomputed, never trusted.
+
+Under a process group one writer (rank 0) writes the shards and moves damaged ones aside; the other ranks
+open the cache with `writer=False`: they skip what fails verification and keep the values rank 0 writes
+in memory (`put(..., write=False)`), so a step's values are the same on every rank and on disk once.
 """
 
 from __future__ import annotations
@@ -58,10 +62,11 @@ def check_namespace(ns, where="reference cache") -> None:
 
 
 class RefCache:
-    def __init__(self, root: str | Path, ns: str):
+    def __init__(self, root: str | Path, ns: str, writer: bool = True):
         check_namespace(ns)
         self.dir = Path(root) / ns
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.writer = writer  # False: never changes the directory (a rank other than 0)
         self.values: dict[bytes, float] = {}
         self.rejected: list[Path] = []  # shards found corrupted in this session
         for shard in sorted(self.dir.glob("*.safetensors")):
@@ -86,6 +91,8 @@ class RefCache:
             )
         except Exception:  # unreadable header, truncated file, missing tensors: all mean "do not trust"
             ok = False
+        if not ok and not self.writer:
+            return  # not trusted; the writer moves it aside
         if not ok:
             bad = shard.with_suffix(".corrupt")
             os.replace(shard, bad)
@@ -115,14 +122,18 @@ class RefCache:
     def get(self, seqs: list[Sequence]) -> torch.Tensor:
         return torch.tensor([self.values[sequence_key(s)] for s in seqs], dtype=torch.float32)
 
-    def put(self, seqs: list[Sequence], values: torch.Tensor) -> Path | None:
-        """Store new values as one verified shard; returns its path (None if nothing was new)."""
+    def put(self, seqs: list[Sequence], values: torch.Tensor, write: bool = True) -> Path | None:
+        """Store new values as one verified shard; returns its path (None if nothing was new). With
+        `write=False` (or `writer=False`) they are only kept in memory: another process writes them."""
         new = {}
         for s, v in zip(seqs, values.tolist()):
             k = sequence_key(s)
             if k not in self.values:
                 new[k] = v
         if not new:
+            return None
+        if not (write and self.writer):
+            self.values.update(new)
             return None
         keys = np.frombuffer(b"".join(new), dtype=np.uint8).reshape(-1, 16).copy()
         vals = np.asarray(list(new.values()), dtype=np.float32)

@@ -6,6 +6,11 @@ frozen reference (the base model with adapters disabled under LoRA). The cache n
 reference model's weights and of everything else that changes the numbers -- is fixed in the run's
 `reference.json` when the run starts, so a resumed run keeps using the same one; `RefCache` refuses a
 namespace that is not such a hash, so an edited `reference.json` cannot point the cache elsewhere.
+
+Under a process group (`world`) the sums are computed once for all ranks: every rank takes the union of
+what any rank misses, scores its share of them (split by token count,
+`cipo_fast.train.distributed.score_across`) and receives everyone's values; rank 0 alone writes them, as
+one shard, into the cache directory the ranks share, and a barrier holds the others until it is there.
 """
 
 from __future__ import annotations
@@ -20,46 +25,53 @@ from cipo_fast.cache import cache_root
 from cipo_fast.data.io import write_json
 from cipo_fast.model.forward import head_spec, score_sequences
 from cipo_fast.model.loading import ModelOptions, load_model, model_fingerprint
+from cipo_fast.train.distributed import World, barrier, gather, is_main, score_across
 from cipo_fast.train.refcache import RefCache, check_namespace, namespace
 
 
 class Reference:
     """Reference sums for sequences of one namespace."""
 
-    def __init__(self, cfg, model, ns: str, make_ref_model):
+    def __init__(self, cfg, model, ns: str, make_ref_model, world: World | None = None):
         self.cfg = cfg
         self.model = model
-        self.cache = RefCache(Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "refcache", ns)
+        self.world = world
+        root = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "refcache"
+        self.cache = RefCache(root, ns, writer=is_main(world))
         self.make_ref_model = make_ref_model  # () -> (model, context manager factory)
         self.lazy_model = None
 
     def ensure(self, seqs, source_is_policy: bool) -> int:
-        """Compute and cache the missing sums; returns the number of reference forward tokens."""
-        todo = [seqs[i] for i in self.cache.missing(seqs)]
+        """Compute and cache the missing sums; returns the number of reference forward tokens. Under a
+        process group every rank calls it with the same `seqs` (module docstring)."""
+        todo = self.cache.missing(seqs)
+        if self.world is not None:
+            todo = sorted(set().union(*gather(self.world, todo)))
         if not todo:
             return 0
-        budget = self.cfg.token_budget
+        todo = [seqs[i] for i in todo]
         if source_is_policy:
-            values = score_sequences(
-                self.model,
-                todo,
-                budget,
-                self.cfg.backend,
-                progress="reference log-probs" if self.cfg.progress else None,
-                share_prefix=self.cfg.share_prefix,
-            )
+            progress = "reference log-probs" if self.cfg.progress and is_main(self.world) else None
+            values = self._score(self.model, todo, progress)
         else:
             if self.lazy_model is None:
                 self.lazy_model = self.make_ref_model()
             ref_model, ctx = self.lazy_model
             with ctx():
-                values = score_sequences(
-                    ref_model, todo, budget, self.cfg.backend, share_prefix=self.cfg.share_prefix
-                )
+                values = self._score(ref_model, todo)
             if self.cfg.ref_mode == "precompute":
                 self.lazy_model = None  # a reloaded reference lives only as long as its pass
         self.cache.put(todo, values)
+        barrier(self.world)
         return sum(len(s) for s in todo)
+
+    def _score(self, model, seqs, progress: str | None = None) -> torch.Tensor:
+        cfg = self.cfg
+        if self.world is not None:
+            return score_across(self.world, model, seqs, cfg.token_budget, cfg.backend, cfg.share_prefix)
+        return score_sequences(
+            model, seqs, cfg.token_budget, cfg.backend, progress=progress, share_prefix=cfg.share_prefix
+        )
 
     def get(self, seqs) -> torch.Tensor:
         return self.cache.get(seqs)
@@ -103,14 +115,14 @@ def reference_namespace(cfg, model, existing: Path | None = None) -> str:
     return policy_namespace(cfg, model, skip=("lora_",))
 
 
-def initial_reference(cfg, model, run_dir: Path, ns: str) -> Reference:
-    """The run's reference under namespace `ns` (`reference_namespace`), recorded in
+def initial_reference(cfg, model, run_dir: Path, ns: str, world: World | None = None) -> Reference:
+    """The run's reference under namespace `ns` (`reference_namespace`), recorded (by rank 0) in
     `run_dir/reference.json` so a resumed run keeps using it."""
     info = run_dir / "reference.json"
-    if not info.is_file():
+    if is_main(world) and not info.is_file():
         write_json(info, {"namespace": ns, "source": cfg.ref_model or cfg.model})
 
-    ref = Reference(cfg, model, ns, lambda: frozen_reference(cfg, model))
+    ref = Reference(cfg, model, ns, lambda: frozen_reference(cfg, model), world)
     if ref.cache.rejected:
         print(f"reference cache: {len(ref.cache.rejected)} corrupted shard(s) set aside; recomputing")
     return ref

@@ -8,8 +8,12 @@ non-finite values, clipping, AdamW, and the metrics row it appends to `metrics.j
 
 A step's loss is the mean over its samples, whatever the micro-batch split: each micro-batch contributes
 `sum(losses) / samples_in_step`. (TRL averages micro-batch means instead, which weights samples unequally
-when micro-batches differ in size.) A loss or gradient norm that is NaN or infinite stops the run
-(`NonFiniteError`) before the update is applied, so the weights stay those of the last good step.
+when micro-batches differ in size.) Under a process group (`Policy.world`) each rank trains its share of
+the step (`cipo_fast.train.balance`) with the same denominators -- the samples of the whole step -- and
+FSDP2 sums the ranks' gradients, so the update is the single-process one; the metrics row is built from
+the sums of every rank's `StepStats`, the same on every rank. A loss or gradient norm that is NaN or
+infinite stops the run (`NonFiniteError`) before the update is applied, so the weights stay those of the
+last good step.
 Metric names follow TRL where they overlap (`loss`, `logps/chosen`, `rewards/margins`, ...).
 """
 
@@ -22,9 +26,11 @@ from dataclasses import dataclass, field
 import torch
 
 from cipo_fast.data.formats import Pair, Single
-from cipo_fast.data.packing import pack
+from cipo_fast.data.packing import collate, pack
 from cipo_fast.model.forward import micro_batch_kl, micro_batch_logps, supports_prefix_sharing
 from cipo_fast.train import losses
+from cipo_fast.train.balance import share_step
+from cipo_fast.train.distributed import World, gather
 
 
 class NonFiniteError(ValueError):
@@ -40,6 +46,7 @@ class Policy:
     trainable: list
     autocast: torch.dtype | None = None  # bf16 autocast on CUDA for fp32 weights, else None
     frozen: tuple | None = None  # (frozen reference, context) for the KL retain term, else None
+    world: World | None = None  # the process group the model is sharded over (FSDP2), else None
 
 
 @dataclass
@@ -58,20 +65,41 @@ class StepStats:
     def means(self) -> dict:
         return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
 
+    def total(self, world: World) -> StepStats:
+        """The sums over every rank's stats (a collective: every rank calls it and gets the same)."""
+        out = StepStats()
+        for part in gather(world, self):
+            out.loss += part.loss
+            out.tokens += part.tokens
+            for k in part.sums:
+                out.sums[k] = out.sums.get(k, 0.0) + part.sums[k]
+                out.counts[k] = out.counts.get(k, 0) + part.counts[k]
+        return out
+
 
 def groups_of(samples: list[Pair | Single]) -> list[tuple]:
     return [(s.chosen, s.rejected) if isinstance(s, Pair) else (s.seq,) for s in samples]
 
 
 def accumulate_step(
-    model, groups: list[tuple], retain_seqs: list, ref, cfg, stats: StepStats, autocast=None, frozen=None
+    model,
+    groups: list[tuple],
+    retain_seqs: list,
+    ref,
+    cfg,
+    stats: StepStats,
+    autocast=None,
+    frozen=None,
+    world: World | None = None,
 ) -> None:
     """Forward + backward of one optimizer step's samples (gradients accumulate; no optimizer step).
 
     `groups` are (chosen, rejected) pairs or 1-tuples of sequences; their loss is `cfg.loss`, averaged over
     the groups. `retain_seqs` add `cfg.retain_weight` x their mean token-level NLL, or with
     `cfg.retain_loss == "kl"` their mean token-level KL to `frozen` (`(model, context)`). Micro-batches follow
-    `cfg.token_budget`; each contributes its share, so the gradient does not depend on the split.
+    `cfg.token_budget`; each contributes its share, so the gradient does not depend on the split. With
+    `world`, this rank trains its share of the step and runs zero-weight passes up to the step's pass
+    count (`cipo_fast.train.balance`); the means stay over all of the step's samples.
     """
     kind, loss_fn = losses.get_loss(cfg.loss)
     params = losses.LossParams(
@@ -81,6 +109,12 @@ def accumulate_step(
         tru_alpha=cfg.tru_alpha,
     )
     share = cfg.share_prefix and supports_prefix_sharing(model)
+    n_groups, n_retain = len(groups), len(retain_seqs)
+    mine = None
+    if world is not None:
+        mine = share_step(groups, retain_seqs, world.rank, world.size, cfg.token_budget, share)
+        groups, retain_seqs = [groups[i] for i in mine.groups], [retain_seqs[i] for i in mine.retain]
+    passes = 0
     for mb in pack(groups, cfg.token_budget, share_prefix=share):
         logps = micro_batch_logps(model, mb, cfg.backend, autocast)
         lengths = mb.lengths.to(logps.device, torch.float32)
@@ -115,8 +149,9 @@ def accumulate_step(
             stats.add("logps/policy", logps)
             if refs is not None:
                 stats.add("logps/reference", refs)
-        part = per.sum() / len(groups)
+        part = per.sum() / n_groups
         part.backward()
+        passes += 1
         stats.loss += float(part.detach())
         stats.tokens += mb.seq_tokens
     kl = cfg.retain_loss == "kl"
@@ -128,11 +163,17 @@ def accumulate_step(
         else:
             per = -micro_batch_logps(model, mb, cfg.backend, autocast)
         per = per / mb.lengths.to(per.device, torch.float32)  # token-mean NLL (or KL) per sequence
-        part = cfg.retain_weight * per.sum() / len(retain_seqs)
+        part = cfg.retain_weight * per.sum() / n_retain
         part.backward()
+        passes += 1
         stats.loss += float(part.detach())
         stats.add("loss/retain_kl" if kl else "loss/retain", per)
         stats.tokens += mb.seq_tokens
+    if mine is not None:
+        assert passes <= mine.passes, f"rank {world.rank} ran {passes} passes; the step plans {mine.passes}"
+        for _ in range(mine.passes - passes):  # every rank gathers and reduces as often as the busiest
+            filler = collate([mine.filler], [0])
+            (0.0 * micro_batch_logps(model, filler, cfg.backend, autocast).sum()).backward()
 
 
 def optimizer_step(
@@ -158,8 +199,15 @@ def optimizer_step(
         g["lr"] = lr
     stats = StepStats()
     with torch.profiler.record_function("cipo_fast.train_step"):  # a marker for bench/profile_step.py
-        accumulate_step(policy.model, groups, retain_seqs, ref, cfg, stats, policy.autocast, policy.frozen)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.trainable, cfg.max_grad_norm))
+        accumulate_step(
+            policy.model, groups, retain_seqs, ref, cfg, stats, policy.autocast, policy.frozen, policy.world
+        )
+        if policy.world is not None:
+            stats = stats.total(policy.world)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.trainable, cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor: the norm over every rank's shards
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
         if not (math.isfinite(stats.loss) and math.isfinite(grad_norm)):
             policy.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteError(
