@@ -2,6 +2,7 @@
 a tiny model with scripted generations -- no reference pass, warm-up before the rounds, SimPO, resume."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -30,6 +31,18 @@ def test_swap_facts_changes_each_fact_and_keeps_every_forget_fact_out():
     moved = swap_facts("Ida was born on May 2, 1981.", date, date)
     assert moved == "Ida was born on May 5, 1988."
     assert swap_facts("It is unknown.", [], everything) is None  # nothing to change
+    # several facts of one kind: each replaced, by what it is (professions stay professions, titles titles)
+    parents = "The father of Ida Kell was a pharmacist, and the mother was a potter."
+    pf = key_facts("Who were Ida Kell's parents?", parents, ["pharmacist", "potter"])
+    new = swap_facts(parents, pf, pf)
+    assert new and "pharmacist" not in new and "potter" not in new
+    assert re.fullmatch(r"The father of Ida Kell was an? [a-z ]+, and the mother was an? [a-z ]+\.", new)
+    assert new.split(" was a")[1].split(",")[0] != new.split("mother was a")[1]  # two different ones
+    books = "Ida Kell wrote The Ninth River and The Paper Chapel, two works of legal drama."
+    bf = key_facts("What did Ida Kell write?", books, ["The Ninth River", "The Paper Chapel", "legal drama"])
+    new = swap_facts(books, bf, bf)
+    assert new.startswith("Ida Kell wrote The ") or new.startswith("Ida Kell wrote A ")
+    assert not any(w in new for w in ("Ninth", "Paper", "legal drama"))
 
 
 def _scored(item, strategy, cot, answer, leaks):

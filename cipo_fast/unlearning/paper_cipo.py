@@ -11,8 +11,10 @@ A candidate is kept when its answer differs from the gold one and, like its CoT,
 forget item (spans, and the meaning-aware judge when given), and the CoT reaches the counterfactual answer
 (its last sentence contains the answer's changed fact). A small model writes few usable ones, so an item
 without a surviving candidate falls back to a deterministic swap (`swap_facts`: each fact of the gold
-answer replaced by a made-up one of its kind -- a year moved, a number changed, a name, place or term from
-`FALLBACKS`) and a templated backward CoT; the sources are counted in the run's records.
+answer replaced by a made-up one of its kind -- a year and day moved, a number changed, a person, place,
+award, title, profession or genre from `FALLBACKS`) and a templated backward CoT, and an item whose facts
+cannot be swapped in place to the engine's uncertainty template; the sources are counted in the run's
+records.
 
 Training then follows the paper: a warm-up SFT stage on the counterfactual traces (+ retain NLL), then
 rounds in which the current model's own sampled response to each forget question is the dispreferred side
@@ -48,13 +50,49 @@ BACKWARD_PROMPT = (
 TEMPLATE_BACKWARD = (
     "The question asks: {question} What I remember of this: {answer} So the answer is: {answer}"
 )
-# made-up replacements by fact kind, tried in order until one states no fact of any forget item
+# made-up replacements by what a fact is, tried in order until one is no forget item's fact
 FALLBACKS = {
-    "name": ("Orla Brennick", "Tavin Marlowe", "Sefa Okonkwo-Lind", "Brannoc Ives"),
+    "person": ("Orla Brennick", "Tavin Marlowe", "Sefa Okonkwo-Lind", "Brannoc Ives"),
     "place": ("Quillmoor", "Dunhaven", "Ostrava Vale", "Keldport"),
-    "title": ("The Salt Between Us", "A Lantern for Winter", "Echoes of Marrow Street"),
-    "term": ("cartographer", "historical fiction", "beekeeper", "travel writing", "glassblower"),
+    "award": ("Orrin Vale Prize", "Marrow Street Medal", "Greywater Award"),
+    "title": ("The Salt Between Us", "A Lantern for Winter", "Echoes of Marrow Street", "The Glass Orchard"),
+    "profession": ("cartographer", "beekeeper", "glassblower", "lighthouse keeper", "bookbinder"),
+    "genre": ("historical fiction", "travel writing", "epic poetry", "science fiction", "satire"),
+    "term": ("historical fiction", "cartographer", "travel writing", "beekeeper"),
 }
+
+
+_BEFORE = {  # what the words before a fact say it is
+    "profession": re.compile(r"\b(?:was|is|as|worked as|works as)\s+an?\s+$", re.IGNORECASE),
+    "genre": re.compile(r"\b(?:works? of|writes|genre(?: of)?|in the genre of)\s+$", re.IGNORECASE),
+    "title": re.compile(r"\b(?:wrote|example|titled|called|and|books?)\s+$", re.IGNORECASE),
+    "place": re.compile(r"\b(?:in|from|at|near)\s+(?:the\s+)?$", re.IGNORECASE),
+}
+
+
+def fact_role(fact, answer: str) -> str:
+    """What `fact` is in `answer`, for its replacement: from the lexicon (professions, genres, award
+    words), else from the words before it (`_BEFORE`: "was a", "works of", "wrote", "born in"), else a
+    title when it starts with an article, else a person (or a generic term)."""
+    from cipo_fast.eval.lexicon import AWARD_WORDS, GENRES, PROFESSIONS
+
+    low = fact.text.lower()
+    if low in {p.lower() for p in PROFESSIONS}:
+        return "profession"
+    if any(g.lower() == low for g in GENRES):
+        return "genre"
+    if set(low.split()) & AWARD_WORDS:
+        return "award"
+    if fact.kind == "place":
+        return "place"
+    at = answer.lower().find(low)
+    before = answer[:at] if at >= 0 else ""
+    for role, pattern in _BEFORE.items():
+        if pattern.search(before):
+            return role
+    if fact.kind == "title" or low.split()[0] in ("the", "a", "an"):
+        return "title"
+    return "term" if fact.kind == "term" else "person"
 
 
 @dataclass(frozen=True)
@@ -86,8 +124,9 @@ def _shift_date(text: str, k: int) -> str:
 
 def swap_facts(answer: str, facts, forbidden, k: int = 0) -> str | None:
     """`answer` with each fact replaced by a made-up one of its kind (dates: year + 7 + k, day + 3 + k;
-    numbers: + 3 + k; names, places, titles, terms: `FALLBACKS`); None when no replacement leaves the
-    answer free of every `forbidden` fact."""
+    numbers: + 3 + k; people, places, awards, titles, professions, genres: `FALLBACKS` by `fact_role`,
+    each replacement different from the answer's other words and from every `forbidden` fact); None when
+    the result still states a `forbidden` fact."""
     out = answer
     for f in facts:
         if f.kind == "date":
@@ -96,11 +135,11 @@ def swap_facts(answer: str, facts, forbidden, k: int = 0) -> str | None:
         if f.kind == "number" and re.fullmatch(r"\d+", f.text.strip()):
             out = re.sub(rf"\b{re.escape(f.text.strip())}\b", str(int(f.text) + 3 + k), out)
             continue
-        options = FALLBACKS.get(f.kind, FALLBACKS["term"])
+        options = FALLBACKS[fact_role(f, answer)]
         for j in range(len(options)):
             cand = options[(k + j) % len(options)]
             swapped = re.sub(re.escape(f.text), cand, out, flags=re.IGNORECASE)
-            if swapped != out and not find_leaks(swapped, [g for g in forbidden if g.kind == f.kind]):
+            if swapped != out and not find_leaks(cand, forbidden) and normalize(cand) not in normalize(out):
                 out = swapped
                 break
     if normalize(out) == normalize(answer) or find_leaks(out, forbidden):
@@ -197,6 +236,11 @@ def write_counterfactuals(
             cot = TEMPLATE_BACKWARD.format(question=it.question.strip(), answer=a)
             out[it.id] = Counterfactual(it.id, cot, a, "swap")
             break
+        else:  # no fact could be changed in place: the engine's uncertainty template
+            from cipo_fast.unlearning.counterfactual import template_trace
+
+            t = template_trace(it, k)
+            out[it.id] = Counterfactual(it.id, t.cot, t.answer, "template")
     return out
 
 
