@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def make_tiny_llama(out_dir: Path, tokenizer_dir: Path) -> Path:
-    """Write the tiny model + `tokenizer_dir`'s tokenizer to `out_dir` (kept if already there)."""
+def make_tiny_llama(out_dir: Path, tokenizer_dir: Path, num_layers: int = 2) -> Path:
+    """Write the tiny model (`num_layers` decoder layers) + `tokenizer_dir`'s tokenizer to `out_dir` (kept
+    if already there)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -25,7 +26,7 @@ def make_tiny_llama(out_dir: Path, tokenizer_dir: Path) -> Path:
         vocab_size=49152,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,

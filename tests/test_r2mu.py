@@ -24,26 +24,9 @@ LAYER, TRAIN_LAYERS, DOWN = 2, (1, 2), ("mlp.down_proj.weight",)
 
 @pytest.fixture(scope="module")
 def tiny4_dir(smol_dir, tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from helpers import make_tiny_llama
 
-    out = tmp_path_factory.mktemp("tiny_llama4")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(smol_dir).save_pretrained(out)
-    return out
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama4"), smol_dir, num_layers=4)
 
 
 def _seqs(lengths, seed=0):
