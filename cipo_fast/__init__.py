@@ -33,14 +33,17 @@ __version__ = "0.1.0"
 def fit(cfg: TrainConfig) -> dict:
     """Run one training (`cipo-fast train`): the CiPO loop for `method="cipo"` (the engine's or the paper's
     variant), R²MU for `method="r2mu"`, else the preference / unlearning trainer. Returns the run's
-    summary. Under torchrun only the preference / unlearning trainer runs (sharded, FSDP2)."""
+    summary. Under torchrun the preference / unlearning trainer and the engine's CiPO loop run sharded
+    (FSDP2); the paper's CiPO variant and R²MU run in one process only."""
     from cipo_fast.train.distributed import launched
 
-    if launched() and cfg.method in ("cipo", "r2mu"):
+    paper = cfg.method == "cipo" and cfg.cipo.cipo_variant == "paper"
+    if launched() and (paper or cfg.method == "r2mu"):
+        what = "--cipo-variant paper" if paper else "--method r2mu"
         raise ValueError(
-            f"--method {cfg.method} under torchrun: the CiPO loop and R²MU do not run on a process group yet; "
-            "run them in one process (without torchrun), or train a loss-based method (dpo, npo, ga, sft, ...) "
-            "on several"
+            f"{what} under torchrun: it does not run on a process group yet; run it in one process "
+            "(without torchrun), or run the engine's CiPO (--cipo-variant engine) or a loss-based method "
+            "(dpo, npo, ga, sft, ...) on several"
         )
     if cfg.method == "cipo" and cfg.cipo.cipo_variant == "paper":
         from cipo_fast.trainers.cipo_paper import main

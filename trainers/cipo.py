@@ -17,6 +17,14 @@
 Each round writes `rounds/round-NN/{samples.jsonl, pairs.jsonl, round.json}`. Sampling and counterfactual
 generation are seeded from (seed, round) and do not touch the training RNG, so a resumed run (at its last
 round boundary) rebuilds exactly the pairs an uninterrupted run would.
+
+Under torchrun (`cipo_fast.train.distributed`) every rank runs this recipe on the sharded policy: the
+generation batches are dealt out to the ranks and the texts gathered (`distributed.generating`), so
+every rank holds all of them; what leaks, the counterfactuals that pass the filter and the pairs are
+rank 0's decisions, handed to the others (`from_main`), so no rank can drift from it; the round's
+reference sums are computed once, split over the ranks; each step trains its share on every rank
+(`optimizer_step`); rank 0 alone writes the run directory, round files, metrics, the final model and
+summary.
 """
 
 from __future__ import annotations
@@ -36,8 +44,15 @@ from cipo_fast.eval.key_facts import item_facts
 from cipo_fast.eval.scoring import sample_forget, summarize_forget
 from cipo_fast.model.generation import GenConfig, make_strategies
 from cipo_fast.model.loading import quiet_transformers, save_final
-from cipo_fast.train import checkpoint
-from cipo_fast.train.policy import build_policy, make_tokenizer, seed_everything, tune_cpu_allocator
+from cipo_fast.train import checkpoint, distributed
+from cipo_fast.train.distributed import World, from_main
+from cipo_fast.train.policy import (
+    load_policy,
+    make_policy,
+    make_tokenizer,
+    seed_everything,
+    tune_cpu_allocator,
+)
 from cipo_fast.train.reference import initial_reference, reference_namespace
 from cipo_fast.train.run_dir import RunDir
 from cipo_fast.train.step import NonFiniteError, Policy, optimizer_step
@@ -79,6 +94,7 @@ class Setup:
     judge: LeakJudge  # decides what leaks: in sampling, in the counterfactual filter, at the redirect cut
     policy: Policy
     work: Path
+    world: World | None  # the process group under torchrun, else None
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -86,6 +102,8 @@ def main(cfg: TrainConfig) -> dict:
     seed_everything(cfg.seed)
     tune_cpu_allocator(cfg.cpu_mmap_threshold_mb)
     c = cfg.cipo
+    world = distributed.init(cfg)  # None without torchrun: one process, no process group
+    main_rank = distributed.is_main(world)
 
     # ---- setup: every input is checked before anything is written ----
     tok = make_tokenizer(cfg)
@@ -118,23 +136,27 @@ def main(cfg: TrainConfig) -> dict:
         retain_pairs[OWN] = []  # filled round by round from the forget pairs (`own_mirrors`)
     seeds = load_seeds(c.cf_seeds, items) if c.cf_seeds else None
     alternatives = load_alternatives(c.cf_alternatives) if c.cf_alternatives else None
-    run = RunDir.plan(cfg.out, "train", resume=cfg.resume, overwrite=cfg.overwrite)
+    run = from_main(world, lambda: RunDir.plan(cfg.out, "train", resume=cfg.resume, overwrite=cfg.overwrite))
     if cfg.resume:
         cfg.check_resume(run.existing)
-        checkpoint.steps_done(run.existing / "checkpoints", key="round")  # fails now if there is none
-    policy = build_policy(cfg, tok)
-    ns = reference_namespace(cfg, policy.model, run.existing)
-    work = run.start()
-    if not cfg.resume:
+        # fails now if there is none
+        from_main(world, lambda: checkpoint.steps_done(run.existing / "checkpoints", key="round"))
+    model = load_policy(cfg, tok)
+    ns = from_main(world, lambda: reference_namespace(cfg, model, run.existing))
+    policy = make_policy(cfg, model, world)  # sharded over the ranks under torchrun
+    work = from_main(world, run.start)  # rank 0 makes OUT.partial; the others go on once it exists
+    if main_rank and not cfg.resume:
         write_json(work / "config.json", json.loads(cfg.to_json()))
-    initial = initial_reference(cfg, policy.model, work, ns)
+    initial = initial_reference(cfg, policy.model, work, ns, world)
     start_round, global_step = 0, 0
     if cfg.resume:
-        state = checkpoint.load(checkpoint.find_latest(work / "checkpoints"), policy.model, policy.optimizer)
+        latest = from_main(world, lambda: checkpoint.find_latest(work / "checkpoints"))
+        state = checkpoint.load(latest, policy.model, policy.optimizer, world)
         start_round, global_step = state["round"], state["global_step"]
-        metrics = work / "metrics.jsonl"
-        write_jsonl(metrics, [r for r in read_log(metrics) if r.get("round", 0) <= start_round])
-        print(f"resumed after round {start_round}")
+        if main_rank:
+            metrics = work / "metrics.jsonl"
+            write_jsonl(metrics, [r for r in read_log(metrics) if r.get("round", 0) <= start_round])
+            print(f"resumed after round {start_round}")
     s = Setup(
         cfg,
         tok,
@@ -152,6 +174,7 @@ def main(cfg: TrainConfig) -> dict:
         judge,
         policy,
         work,
+        world,
     )
 
     # ---- rounds ----
@@ -172,37 +195,52 @@ def main(cfg: TrainConfig) -> dict:
             policy.optimizer,
             {"round": r + 1, "global_step": global_step},
             cfg.keep_checkpoints,
+            world,
         )
 
     # ---- cleanup ----
-    model_name = save_final(policy.model, tok.tok, work, cfg.lora_r > 0, cfg.save_merged)
-    summary = {
-        "rounds": rounds_done(work, c.rounds),
-        "stopped_early": stopped,
-        "model_dir": str(run.out / model_name),
-        "train_steps": global_step,
-    }
-    write_json(work / "summary.json", summary)
-    run.finish()
+    weights = distributed.full_state_dict(policy.model) if world else None  # gathered onto rank 0
+    model_name = from_main(
+        world, lambda: save_final(policy.model, tok.tok, work, cfg.lora_r > 0, cfg.save_merged, weights)
+    )
+
+    def finish() -> dict:  # rank 0: the summary, and the run moved into --out
+        summary = {
+            "rounds": rounds_done(work, c.rounds),
+            "stopped_early": stopped,
+            "model_dir": str(run.out / model_name),
+            "train_steps": global_step,
+        }
+        write_json(work / "summary.json", summary)
+        run.finish()
+        return summary
+
+    summary = from_main(world, finish)
+    distributed.close(world)
     return summary
 
 
 def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tuple[dict, int]:
     """Round `r` (0-based): sample, score, counterfactuals, pairs, plan, reference, train. Returns the
     round's record (also written to its `round.json`) and the global step after it."""
-    cfg, c, model = s.cfg, s.cfg.cipo, s.policy.model
+    cfg, c, model, world = s.cfg, s.cfg.cipo, s.policy.model, s.world
+    main_rank = distributed.is_main(world)
     t0 = time.perf_counter()
     rdir = round_dir(s.work, r)
-    shutil.rmtree(rdir, ignore_errors=True)  # a round cut short by a crash is redone from its start
-    rdir.mkdir(parents=True)
+    if main_rank:
+        shutil.rmtree(rdir, ignore_errors=True)  # a round cut short by a crash is redone from its start
+        rdir.mkdir(parents=True)
     gen = GenConfig(max_new_tokens=c.gen_max_new_tokens, batch_size=c.gen_batch_size, seed=cfg.seed + 101 * r)
     timing, judged = {}, s.judge.seconds
 
     # 1-2. sample and score the current policy
-    scored = sample_forget(model, s.tok, s.items, s.strategies, gen, cfg.progress, s.judge)
+    with distributed.generating(model, world):
+        scored = sample_forget(model, s.tok, s.items, s.strategies, gen, cfg.progress and main_rank, s.judge)
+    scored = from_main(world, lambda: scored)  # rank 0's verdicts on every rank
     timing["sample_s"] = round(time.perf_counter() - t0, 1)
     per_strategy, mcs, rows = summarize_forget(s.items, scored, s.strategies)
-    write_jsonl(rdir / "samples.jsonl", rows)
+    if main_rank:
+        write_jsonl(rdir / "samples.jsonl", rows)
     leaking = [x for x in scored if x.leaks]
     info = {
         "round": r + 1,
@@ -213,8 +251,9 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
     }
     if not leaking:
         info["stopped"] = True
-        write_json(rdir / "round.json", info)
-        print(f"round {r + 1}: no strategy leaks on the forget set; stopping")
+        if main_rank:
+            write_json(rdir / "round.json", info)
+            print(f"round {r + 1}: no strategy leaks on the forget set; stopping")
         return info, global_step
 
     # 3-4. counterfactual chosen traces (other forget items' facts must stay out of them too), pairs
@@ -222,18 +261,20 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
     leak_items = [it for it in s.items if any(x.item_id == it.id for x in leaking)]
     all_facts = [f for fs in s.facts.values() for f in fs]
     union = {it.id: s.facts[it.id] + [f for f in all_facts if f not in s.facts[it.id]] for it in leak_items}
-    chosen = generate_counterfactuals(
-        model,
-        s.tok,
-        leak_items,
-        union,
-        s.cf_cfg,
-        gen,
-        seeds=s.seeds,
-        alternatives=s.alternatives,
-        progress=cfg.progress,
-        judge=s.judge,
-    )
+    with distributed.generating(model, world):
+        chosen = generate_counterfactuals(
+            model,
+            s.tok,
+            leak_items,
+            union,
+            s.cf_cfg,
+            gen,
+            seeds=s.seeds,
+            alternatives=s.alternatives,
+            progress=cfg.progress and main_rank,
+            judge=s.judge,
+        )
+    chosen = from_main(world, lambda: chosen)
     pair_rows = build_pairs(
         leaking,
         {it.id: it for it in s.items},
@@ -246,7 +287,9 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
         s.alternatives,
         s.judge,
     )
-    write_jsonl(rdir / "pairs.jsonl", pair_rows)
+    pair_rows = from_main(world, lambda: pair_rows)
+    if main_rank:
+        write_jsonl(rdir / "pairs.jsonl", pair_rows)
     pairs = tokenize_pairs(pair_rows, s.items, s.tok, rdir / "pairs.jsonl")
     if s.retain_pairs:
         s.retain_pairs[OWN] += own_mirrors(pair_rows, s.retain_golds, s.tok, rdir / "pairs.jsonl")
@@ -262,7 +305,7 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
         pairs, pair_rows, replay if c.replay else None, s.retain, s.retain_pairs, cfg, r, global_step
     )
     t1 = time.perf_counter()
-    ref, from_policy = round_reference(cfg, model, initial, r)
+    ref, from_policy = round_reference(cfg, model, initial, r, world)
     info["ref_forward_tokens"] = ref.ensure(
         [x for st in plan for g in st.groups for x in g], source_is_policy=from_policy
     )
@@ -273,7 +316,7 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
 
     t1 = time.perf_counter()
     model.train()
-    for st in tqdm(plan, desc=f"round {r + 1} dpo", disable=not cfg.progress, leave=False):
+    for st in tqdm(plan, desc=f"round {r + 1} dpo", disable=not (cfg.progress and main_rank), leave=False):
         global_step += 1
         try:
             row = optimizer_step(
@@ -292,16 +335,18 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
                 f"the last round checkpoint is {last}" if last else "no round had finished (no checkpoint)"
             )
             raise NonFiniteError(f"{e}. Round {r + 1} stopped; {where}") from None
-        append_jsonl(s.work / "metrics.jsonl", row)
+        if main_rank:
+            append_jsonl(s.work / "metrics.jsonl", row)
     timing["train_s"] = round(time.perf_counter() - t1, 1)
     timing["judge_s"] = round(s.judge.seconds - judged, 1)  # part of sample_s and counterfactual_s
     replay.add(pairs, pair_rows)
     info.update(train_steps=len(plan), seconds=round(time.perf_counter() - t0, 1), timing=timing)
-    write_json(rdir / "round.json", info)
-    print(
-        f"round {r + 1}: {len(leaking)}/{len(scored)} samples leaked (MCS {mcs:.2f}); "
-        f"{len(pairs)} pairs ({info['chosen_sources']}); {len(plan)} steps"
-    )
+    if main_rank:
+        write_json(rdir / "round.json", info)
+        print(
+            f"round {r + 1}: {len(leaking)}/{len(scored)} samples leaked (MCS {mcs:.2f}); "
+            f"{len(pairs)} pairs ({info['chosen_sources']}); {len(plan)} steps"
+        )
     return info, global_step
 
 

@@ -16,6 +16,11 @@ last-position logits only, and inverse-CDF sampling. Each batch draws from its o
 (seed, strategies, batch index), so the same call gives the same text and the global RNG is not touched.
 Returned texts include the prefill, so `ReasoningFormat.split` sees the whole think block.
 
+Under a process group (`cipo_fast.train.distributed.generating`) the batches are dealt out to the ranks
+(batch b to rank b mod N), each rank decodes its own with the full weights and no collective, and the
+texts are gathered: each batch has the same rows and the same generator as in one process, so the texts
+are the same as one process's. `BATCH_SPLIT` holds the split while `generating` is active.
+
 An optional logits processor (`LogitsProcessor`, e.g. `cipo_fast.unlearning.guards.GuardProcessor`) edits
 each step's logits before `pick_tokens`. Rows are reordered into batches, so `generate_many` tells it, per
 batch, which prompt index and prefill each row has. Without one, decoding is exactly as described above.
@@ -23,14 +28,29 @@ batch, which prompt index and prefill each row has. Without one, decoding is exa
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 import zlib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from cipo_fast.data.reasoning import DEFAULT_FORMAT, ReasoningFormat
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """Batches dealt out over the ranks of a process group: this rank's place and the collective that
+    returns every rank's object, in rank order."""
+
+    rank: int
+    size: int
+    gather: object  # obj -> [obj of rank 0, obj of rank 1, ...]
+
+
+BATCH_SPLIT: ContextVar[BatchSplit | None] = ContextVar("BATCH_SPLIT", default=None)
 
 LESSTHINK_LINE = "Okay, the user asked this, I can answer it without thinking much."
 
@@ -233,7 +253,13 @@ def generate_many(
     batches = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
     salt = zlib.crc32("|".join(st.name for _, st in jobs).encode())
     texts: dict[int, str] = {}
+    split = BATCH_SPLIT.get()
+    if split is not None:
+        _same_rows_on_every_rank(split, rows)
+        progress = progress if split.rank == 0 else None
     for b, idx in enumerate(tqdm(batches, desc=progress, disable=progress is None, leave=False)):
+        if split is not None and b % split.size != split.rank:
+            continue
         width = max(len(rows[r][4]) for r in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -258,7 +284,21 @@ def generate_many(
         ).cpu()
         for k, r in enumerate(idx):
             texts[r] = rows[r][2] + tokenizer.decode(new[k], skip_special_tokens=True)
+    if split is not None:
+        texts = {r: t for part in split.gather(texts) for r, t in part.items()}
     for r, (j, i, *_rest) in enumerate(rows):  # rows are in (job, prompt, sample) order
         out[j][i].append(texts[r])
     model.train(was_training)
     return out
+
+
+def _same_rows_on_every_rank(split: BatchSplit, rows: list) -> None:
+    """Every rank must have been asked for the same rows (their batches are merged by row index); a rank
+    whose inputs differ would silently mix another rank's texts in, so it fails here instead."""
+    digest = hashlib.blake2b(repr([(r[0], r[1], r[2], r[3], r[4]) for r in rows]).encode()).hexdigest()
+    digests = split.gather(digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(
+            f"generation under a process group: the ranks were asked for different rows ({len(rows)} rows "
+            f"on rank {split.rank}); every rank must generate for the same prompts and strategies"
+        )

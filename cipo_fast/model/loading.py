@@ -148,9 +148,15 @@ def base_model(model):
 
 def model_fingerprint(model, skip: tuple[str, ...] = ()) -> str:
     """A content hash of the model's weights (names, shapes, dtypes and bytes), ignoring names with `skip`."""
+    return state_fingerprint(base_model(model).state_dict().items(), skip)
+
+
+def state_fingerprint(named_tensors, skip: tuple[str, ...] = ()) -> str:
+    """`model_fingerprint` of (name, tensor) items in state-dict order; a tensor seen before under another
+    name (a tied weight) counts once."""
     h = hashlib.blake2b(digest_size=16)
     seen = set()
-    for name, t in base_model(model).state_dict().items():
+    for name, t in named_tensors:
         if t.data_ptr() in seen or any(k in name for k in skip):  # tied weights appear once
             continue
         seen.add(t.data_ptr())

@@ -22,6 +22,14 @@
              `lm_head(hidden)` inside `model.forward`. `lm_head_weight` gathers a head weight that is still a
              sharded DTensor differentiably (all-gather forward, reduce-scatter of the summed gradient back),
              so no path reads a shard as if it were the whole matrix.
+    generate `generating(model, world)`: CiPO's sampling and counterfactual generation. Every FSDP module is
+             unsharded once and told not to reshard after its forwards (`set_reshard_after_forward(False)`,
+             PyTorch's documented switch for evaluation), so each rank decodes with the full weights and
+             no collective per decoding step; the batches are dealt out to the ranks and the texts
+             gathered (`cipo_fast.model.generation.BATCH_SPLIT`); on exit the modules are resharded and
+             their training setting restored (layers reshard after forward, the root does not). Memory:
+             the full weights on every rank while it lasts (an 8B model in bf16: 16 GB), not the
+             gradients or optimizer state.
     ranks    `is_main`, `barrier`, `from_main(world, fn)` (rank 0 runs `fn`, every rank gets its result or
              its ValueError) and `gather`: rank 0 decides and writes (the run directory, metrics, summary,
              the final model, reference-cache shards, checkpoints' commit), the others wait and read.
@@ -45,19 +53,21 @@ its own backward, and a tied head (whose embedding lookup needs the gathered wei
 vocabulary-parallel embedding costing another all-reduce of [N T, d]) gains nothing. Gathering needs no new kernel, and a later
 step can amortise it: the root resharding only after the step's last backward (`set_reshard_after_backward`)
 gathers W once per step instead of once per micro-batch. Not done here: memory-saving model loading (every
-rank loads the full model before sharding), LoRA under FSDP2/DDP, the CiPO rounds and R²MU.
+rank loads the full model before sharding), LoRA under FSDP2/DDP, CiPO's paper variant and R²MU.
 """
 
 from __future__ import annotations
 
 import os
 import types
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from cipo_fast.model.forward import SHARDED_DECODER
-from cipo_fast.model.loading import base_model
+from cipo_fast.model.generation import BATCH_SPLIT, BatchSplit
+from cipo_fast.model.loading import base_model, model_fingerprint, state_fingerprint
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,37 @@ def full_state_dict(model) -> dict:
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     return {k: v for k, v in full.items() if k in names}
+
+
+@contextmanager
+def generating(model, world: World | None):
+    """Generation with `model` on every rank of `world` at once (module docstring); nothing without one."""
+    if world is None:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    fsdp = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in fsdp:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    token = BATCH_SPLIT.set(BatchSplit(world.rank, world.size, lambda obj: gather(world, obj)))
+    try:
+        yield
+    finally:
+        BATCH_SPLIT.reset(token)
+        for m in fsdp:
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)  # as `shard_model` left them
+
+
+def fingerprint(model, world: World | None, skip: tuple[str, ...] = ()) -> str:
+    """`model_fingerprint` of a model that may be sharded: the hash of its full weights, the same as one
+    process computes for the same weights (under a process group every rank must call it)."""
+    if world is None:
+        return model_fingerprint(model, skip)
+    full = full_state_dict(model)
+    return from_main(world, lambda: state_fingerprint(full.items(), skip))
 
 
 # ---- ranks ----

@@ -24,8 +24,8 @@ import torch
 from cipo_fast.cache import cache_root
 from cipo_fast.data.io import write_json
 from cipo_fast.model.forward import head_spec, score_sequences
-from cipo_fast.model.loading import ModelOptions, load_model, model_fingerprint
-from cipo_fast.train.distributed import World, barrier, gather, is_main, score_across
+from cipo_fast.model.loading import ModelOptions, load_model
+from cipo_fast.train.distributed import World, barrier, fingerprint, gather, is_main, score_across
 from cipo_fast.train.refcache import RefCache, check_namespace, namespace
 
 
@@ -77,9 +77,10 @@ class Reference:
         return self.cache.get(seqs)
 
 
-def policy_namespace(cfg, model, skip: tuple[str, ...] = ()) -> str:
-    """The cache namespace of `model` as a reference under this run's settings."""
-    return namespace(model_fingerprint(model, skip=skip), dtype=cfg.dtype, head=repr(head_spec(model)))
+def policy_namespace(cfg, model, skip: tuple[str, ...] = (), world: World | None = None) -> str:
+    """The cache namespace of `model` as a reference under this run's settings (a sharded model: of its
+    full weights, the namespace one process gives them; every rank calls it)."""
+    return namespace(fingerprint(model, world, skip), dtype=cfg.dtype, head=repr(head_spec(model)))
 
 
 def load_frozen(cfg, source: str):

@@ -75,13 +75,15 @@ def plan_round(
     return plan
 
 
-def round_reference(cfg, model, initial: Reference, r: int) -> tuple[Reference, bool]:
+def round_reference(cfg, model, initial: Reference, r: int, world=None) -> tuple[Reference, bool]:
     """The reference of round `r` and whether the policy itself computes its misses. `previous`: the
     policy at the start of the round (iterative RPO, Pang et al. 2024), so margins start at 0 every round;
     with the fixed initial reference, DPO saturates once the chosen traces have risen and stops pushing
-    the leaking ones down. `initial`: the run's initial reference."""
+    the leaking ones down. `initial`: the run's initial reference. `world`: the process group a sharded
+    policy lives on (`cipo_fast.train.distributed`), or None."""
     if cfg.cipo.round_reference == "previous":
-        return Reference(cfg, model, policy_namespace(cfg, model), initial.make_ref_model), True
+        ns = policy_namespace(cfg, model, world=world)
+        return Reference(cfg, model, ns, initial.make_ref_model, world), True
     return initial, r == 0 and not cfg.resume and not cfg.ref_model
 
 
