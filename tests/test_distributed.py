@@ -362,8 +362,6 @@ def test_sharded_trainer_refuses_what_it_does_not_do(monkeypatch, tmp_path):
         fit(train_config(method="cipo", cipo_variant="paper", **base))
     with pytest.raises(ValueError, match="r2mu under torchrun"):
         fit(train_config(method="r2mu", retain="r", r2mu_cot_weight=0, **base))
-    with pytest.raises(ValueError, match="LoRA is not sharded"):
-        distributed.init(train_config(method="dpo", lora_r=8, **base))
     with pytest.raises(ValueError, match="cpu-offload"):
         distributed.init(train_config(method="dpo", device="cpu", fsdp_cpu_offload=True, **base))
     with pytest.raises(ValueError, match="cuda:LOCAL_RANK"):

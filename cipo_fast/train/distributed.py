@@ -53,8 +53,10 @@ its own backward, and a tied head (whose embedding lookup needs the gathered wei
 vocabulary-parallel embedding costing another all-reduce of [N T, d]) gains nothing. Gathering needs no new kernel, and a later
 step can amortise it: the root resharding only after the step's last backward (`set_reshard_after_backward`)
 gathers W once per step instead of once per micro-batch. Not done here: memory-saving model loading (every
-rank loads the full model before sharding), LoRA under FSDP2/DDP, CiPO's paper variant and R²MU.
-"""
+rank loads the full model before sharding), DDP, CiPO's paper variant and R²MU. LoRA needs nothing of
+its own: `fully_shard` takes the frozen base weights and the adapters of a layer as one group, only the
+adapters get gradients, and the reference (the base with its adapters disabled) is the sharded policy
+under peft's `disable_adapter`."""
 
 from __future__ import annotations
 
@@ -90,10 +92,10 @@ def init(cfg) -> World | None:
     sharded trainer does not do, before anything is loaded."""
     if not launched():
         return None
-    if cfg.lora_r > 0:
+    if cfg.lora_r > 0 and cfg.save_merged:
         raise ValueError(
-            "--lora-r under torchrun: LoRA is not sharded yet (FSDP2 full fine-tuning only); a LoRA run of an "
-            "8B or 14B model fits one 80 GB GPU -- run it without torchrun"
+            "--save-merged under torchrun: the sharded model is not merged in place; the run writes its "
+            "adapter (merge it afterwards with peft's `merge_and_unload`, or train in one process)"
         )
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ValueError(
