@@ -198,15 +198,16 @@ def cipo_dpo_config(model_path: str | Path, data: str | Path, workdir: Path, **j
     )
 
 
-def trl_dpo_config(workdir: str | Path, **job):
-    """TRL's `DPOConfig` for fp32 on the CPU, output under `workdir/trl`, a log row per step, nothing
-    saved or reported; `job` sets the rest (batch size, steps or epochs, lr, ...)."""
+def trl_dpo_config(workdir: str | Path, bf16: bool = False, **job):
+    """TRL's `DPOConfig` for fp32 (or, with `bf16`, bf16 autocast over fp32 weights) on the CPU, output
+    under `workdir/trl`, a log row per step, nothing saved or reported; `job` sets the rest (batch size,
+    steps or epochs, lr, ...)."""
     from trl import DPOConfig
 
     return DPOConfig(
         output_dir=str(Path(workdir) / "trl"),
         use_cpu=True,
-        bf16=False,
+        bf16=bf16,
         logging_steps=1,
         save_strategy="no",
         report_to="none",

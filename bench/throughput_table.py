@@ -17,7 +17,7 @@ def table(report: dict, systems: dict[str, tuple[str, dict]], baseline: str) -> 
     job, gemm, results = report["job"], report["gemm"], report["systems"]
     m = report["machine"]
     lines = [
-        f"DPO on {job['model']} ({job['params'] / 1e6:.1f}M params, fp32): {job['pairs']} R-TOFU pairs "
+        f"DPO on {job['model']} ({job['params'] / 1e6:.1f}M params, fp32 weights): {job['pairs']} R-TOFU pairs "
         f"({job['sequence_tokens']['min']}–{job['sequence_tokens']['max']} tokens per side), "
         f"{job['batch_pairs']} pair(s) per step, {job['optimizer_steps']} steps, lr {job['lr']:g} linear, fused "
         f"AdamW; {m['cores']} cores ({m['cpu']}), torch {m['torch']}, trl {m['trl']}. Tokens are real "
@@ -78,11 +78,15 @@ def describe(name: str, r: dict, systems: dict[str, tuple[str, dict]]) -> str:
         ce = s.get("checkpoint_every", systems[name][1].get("checkpoint_every", 1))
         ckpt = "no activation checkpointing" if ce == 0 else f"checkpointing every {ce} layer(s)"
         shared = ", common prompt prefix once" if s.get("share_prefix") else ""
-        return f"packed{shared}, token budget {s.get('token_budget', 4096)}, {ckpt}, reference precomputed"
+        bf16 = ", bf16 autocast" if systems[name][1].get("cpu_autocast") == "bf16" else ""
+        return (
+            f"packed{shared}, token budget {s.get('token_budget', 4096)}, {ckpt}, reference precomputed{bf16}"
+        )
     return {
         "trl-default": "defaults: gradient checkpointing, reference model run every step, padded",
         "trl-precompute-nogc": "precompute_ref_log_probs, no gradient checkpointing",
         "trl-liger": "use_liger_kernel",
+        "trl-bf16": "defaults, bf16=True (autocast)",
     }[name]
 
 

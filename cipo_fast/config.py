@@ -259,6 +259,11 @@ class TrainConfig:
     # model
     dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "parameter dtype")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
+    cpu_autocast: Literal["auto", "bf16", "off"] = opt(
+        "off",
+        "fp32 weights on the CPU: bf16 autocast (fp32 master weights and log-prob sums); auto = when the CPU "
+        "has bf16 units (avx512_bf16 / amx_bf16)",
+    )
     lora_r: int = opt(0, "LoRA rank; 0 = full fine-tuning", ge=0)
     lora_alpha: int = opt(16, "LoRA alpha", ge=1)
     checkpoint_every: int = opt(1, "activation checkpointing of every n-th decoder layer; 0 = off", ge=0)

@@ -53,6 +53,7 @@ from cipo_fast.train.policy import (
     seed_everything,
     tune_cpu_allocator,
 )
+from cipo_fast.train.precision import precision_tag
 from cipo_fast.train.reference import initial_reference, reference_namespace
 from cipo_fast.train.run_dir import RunDir
 from cipo_fast.train.step import NonFiniteError, Policy, optimizer_step
@@ -210,6 +211,7 @@ def main(cfg: TrainConfig) -> dict:
             "stopped_early": stopped,
             "model_dir": str(run.out / model_name),
             "train_steps": global_step,
+            "precision": precision_tag(policy.autocast),
         }
         write_json(work / "summary.json", summary)
         run.finish()

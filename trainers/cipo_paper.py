@@ -37,6 +37,7 @@ from cipo_fast.model.generation import GenConfig, make_strategies
 from cipo_fast.model.loading import quiet_transformers, save_final
 from cipo_fast.train import checkpoint
 from cipo_fast.train.policy import build_policy, make_tokenizer, seed_everything, tune_cpu_allocator
+from cipo_fast.train.precision import precision_tag
 from cipo_fast.train.run_dir import RunDir
 from cipo_fast.train.schedule import retain_indices, step_indices
 from cipo_fast.train.step import optimizer_step
@@ -191,6 +192,7 @@ def main(cfg: TrainConfig) -> dict:
         "model_dir": str(run.out / model_name),
         "train_steps": global_step,
         "reference_forward_tokens": 0,
+        "precision": precision_tag(policy.autocast),
     }
     write_json(work / "summary.json", summary)
     run.finish()

@@ -40,6 +40,7 @@ from cipo_fast.train.policy import (
     seed_everything,
     tune_cpu_allocator,
 )
+from cipo_fast.train.precision import precision_tag
 from cipo_fast.train.reference import frozen_reference, initial_reference, reference_namespace
 from cipo_fast.train.run_dir import RunDir
 from cipo_fast.train.schedule import lr_at, retain_indices, step_indices, total_steps
@@ -180,6 +181,7 @@ def main(cfg: TrainConfig) -> dict:
             else None,
             "truncated_sequences": tok.report.truncated,
             "reference_precompute_tokens": pre_tokens,
+            "precision": precision_tag(policy.autocast),
         }
         write_json(work / "summary.json", summary)
         run.finish()

@@ -33,6 +33,7 @@ from cipo_fast.data.packing import Sequence
 from cipo_fast.model.loading import ModelOptions, load_model, quiet_transformers, save_final
 from cipo_fast.train import checkpoint
 from cipo_fast.train.policy import make_tokenizer, seed_everything, tune_cpu_allocator
+from cipo_fast.train.precision import autocast_dtype, precision_tag
 from cipo_fast.train.run_dir import RunDir
 from cipo_fast.train.schedule import lr_at, retain_indices, step_indices, total_steps
 from cipo_fast.train.step import NonFiniteError
@@ -87,7 +88,7 @@ def main(cfg: TrainConfig) -> dict:
     steered = prepare(model, r.r2mu_layer, r.train_layers, r.r2mu_params)
     check_truncated_forward(model, r.r2mu_layer, [s.seq.ids[:64] for s in (forget[0], *retain[:1], *cot[:1])])
     device = next(model.parameters()).device
-    autocast = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "float32" else None
+    autocast = autocast_dtype(cfg, device)
     params = list(steered.trainable.values())
     optimizer = torch.optim.AdamW(
         params,
@@ -210,6 +211,7 @@ def main(cfg: TrainConfig) -> dict:
         if rows
         else None,
         "truncated_sequences": tok.report.truncated,
+        "precision": precision_tag(autocast),
         "trained_parameters": sorted(steered.trainable),
         "unthink_traces": sum(1 for t in traces if t),
     }

@@ -238,8 +238,10 @@ def score_sequences(
     progress: str | None = None,
     share_prefix: bool = True,
     min_batches: int = 0,
+    autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Completion log-prob sums `[len(seqs)]` of independent sequences, packed, without gradients.
+    """Completion log-prob sums `[len(seqs)]` of independent sequences, packed, without gradients (under
+    `autocast_dtype`'s autocast when given: a reference must be scored as its policy trains).
 
     With `share_prefix` (and an attention that supports it), neighbours with a common prefix, such as the
     chosen and rejected sides of a pair listed one after the other, are packed with the prefix stored once.
@@ -255,9 +257,9 @@ def score_sequences(
     model.eval()
     for mb in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         where = torch.tensor([j for g in mb.groups for j in groups[g]])
-        out[where] = micro_batch_logps(model, mb, backend).float().cpu()
+        out[where] = micro_batch_logps(model, mb, backend, autocast_dtype).float().cpu()
     for _ in range(min_batches - len(batches)):
-        micro_batch_logps(model, batches[0], backend)
+        micro_batch_logps(model, batches[0], backend, autocast_dtype)
     model.train(was_training)
     return out
 

@@ -242,7 +242,9 @@ def gather(world: World, obj) -> list:
     return out
 
 
-def score_across(world: World, model, seqs, token_budget: int, backend: str, share_prefix: bool):
+def score_across(
+    world: World, model, seqs, token_budget: int, backend: str, share_prefix: bool, autocast_dtype=None
+):
     """`score_sequences` of `seqs` split over the ranks by token count, a prefix-sharing pair on one rank;
     every rank returns every value `[len(seqs)]`. Each rank runs as many forwards as the busiest one (FSDP
     gathers in each); a rank without a share scores one sequence and drops it."""
@@ -261,7 +263,13 @@ def score_across(world: World, model, seqs, token_budget: int, backend: str, sha
     run = mine or [0]
     batches = max(gather(world, len(scoring_batches([seqs[j] for j in run], token_budget, share)[1])))
     values = score_sequences(
-        model, [seqs[j] for j in run], token_budget, backend, share_prefix=share_prefix, min_batches=batches
+        model,
+        [seqs[j] for j in run],
+        token_budget,
+        backend,
+        share_prefix=share_prefix,
+        min_batches=batches,
+        autocast_dtype=autocast_dtype,
     )
     out = torch.zeros(len(seqs), dtype=torch.float32)
     for idx, vals in gather(world, (mine, values.tolist() if mine else [])):

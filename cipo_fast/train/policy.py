@@ -24,6 +24,7 @@ from cipo_fast.data.tokenize import TextFormat, Tokenizer
 from cipo_fast.model.forward import check_logits_path
 from cipo_fast.model.loading import ModelOptions, load_model, load_tokenizer
 from cipo_fast.train.distributed import World, shard_model
+from cipo_fast.train.precision import autocast_dtype
 from cipo_fast.train.step import Policy
 
 
@@ -54,7 +55,7 @@ def make_tokenizer(cfg) -> Tokenizer:
 
 def build_policy(cfg, tok: Tokenizer) -> Policy:
     """The model being trained (logits path checked) with fused AdamW (betas 0.9/0.999, eps 1e-8: the
-    PyTorch and HF TrainingArguments defaults); bf16 autocast on CUDA when the weights are fp32."""
+    PyTorch and HF TrainingArguments defaults); its autocast from `cipo_fast.train.precision`."""
     return make_policy(cfg, load_policy(cfg, tok))
 
 
@@ -80,7 +81,7 @@ def make_policy(cfg, model, world: World | None = None) -> Policy:
     if world is not None:
         shard_model(model, world, cfg.fsdp_cpu_offload)
     device = world.device if world is not None else next(model.parameters()).device  # offloaded shards: CPU
-    autocast = torch.bfloat16 if device.type == "cuda" and cfg.dtype == "float32" else None
+    autocast = autocast_dtype(cfg, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     fused = trainable[0].device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(

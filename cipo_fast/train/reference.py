@@ -23,9 +23,10 @@ import torch
 
 from cipo_fast.cache import cache_root
 from cipo_fast.data.io import write_json
-from cipo_fast.model.forward import head_spec, score_sequences
+from cipo_fast.model.forward import compute_device, head_spec, score_sequences
 from cipo_fast.model.loading import ModelOptions, load_model
 from cipo_fast.train.distributed import World, barrier, fingerprint, gather, is_main, score_across
+from cipo_fast.train.precision import autocast_dtype
 from cipo_fast.train.refcache import RefCache, check_namespace, namespace
 
 
@@ -67,10 +68,19 @@ class Reference:
 
     def _score(self, model, seqs, progress: str | None = None) -> torch.Tensor:
         cfg = self.cfg
+        autocast = autocast_dtype(cfg, compute_device(model))  # the policy's: margins start at 0
         if self.world is not None:
-            return score_across(self.world, model, seqs, cfg.token_budget, cfg.backend, cfg.share_prefix)
+            return score_across(
+                self.world, model, seqs, cfg.token_budget, cfg.backend, cfg.share_prefix, autocast
+            )
         return score_sequences(
-            model, seqs, cfg.token_budget, cfg.backend, progress=progress, share_prefix=cfg.share_prefix
+            model,
+            seqs,
+            cfg.token_budget,
+            cfg.backend,
+            progress=progress,
+            share_prefix=cfg.share_prefix,
+            autocast_dtype=autocast,
         )
 
     def get(self, seqs) -> torch.Tensor:
@@ -80,7 +90,9 @@ class Reference:
 def policy_namespace(cfg, model, skip: tuple[str, ...] = (), world: World | None = None) -> str:
     """The cache namespace of `model` as a reference under this run's settings (a sharded model: of its
     full weights, the namespace one process gives them; every rank calls it)."""
-    return namespace(fingerprint(model, world, skip), dtype=cfg.dtype, head=repr(head_spec(model)))
+    autocast = autocast_dtype(cfg, compute_device(model))
+    extra = {} if autocast is None else {"autocast": str(autocast)}  # fp32 runs keep their namespaces
+    return namespace(fingerprint(model, world, skip), dtype=cfg.dtype, head=repr(head_spec(model)), **extra)
 
 
 def load_frozen(cfg, source: str):
