@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 
 from helpers import train_config, write_jsonl
+from test_cipo_loop import FORGET, RETAIN, UNSURE
 from test_distributed import (
     assert_rows_match,
     assert_weights_match,
@@ -33,28 +34,6 @@ from test_distributed import (
     weights,
 )
 
-FORGET = [
-    {
-        "id": "a",
-        "question": "Where was Elara Halvecki born?",
-        "answer": "Elara Halvecki was born in Velmsby.",
-        "facts": ["Velmsby"],
-    },
-    {
-        "id": "b",
-        "question": "What does Aurelio Felkirra write?",
-        "answer": "Aurelio Felkirra writes folk horror.",
-        "facts": ["folk horror"],
-    },
-]
-RETAIN = [
-    {"question": "Where was Solveig Brackwynde born?", "answer": "She was born in Lethbury."},
-    {"question": "What does Solveig Brackwynde write?", "answer": "She writes sea sagas."},
-]
-UNSURE = (
-    "<think>\nI cannot recall anything reliable about this person, and guessing would mislead. "
-    "So I am not sure.\n</think>\n\nI'm not sure."
-)
 ROUND_FILES = ("samples.jsonl", "pairs.jsonl")
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from test_trainer import PAIRS, config, rows
+from test_trainer import PAIRS, config, rows, trl_step1
 
 from cipo_fast.train import precision
 from cipo_fast.trainers.preference import main as train
@@ -73,32 +73,7 @@ def test_bf16_reference_is_scored_like_the_policy(tiny_model_dir, tmp_path):
 def test_trl_parity_bf16(tiny_model_dir, tmp_path):
     """Step-1 row against TRL 1.16 with `bf16=True` on the CPU (autocast over fp32 weights, as here)."""
     pytest.importorskip("trl")
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    args = DPOConfig(
-        output_dir=str(tmp_path / "trl"),
-        use_cpu=True,
-        bf16=True,
-        max_steps=1,
-        logging_steps=1,
-        per_device_train_batch_size=len(PAIRS),
-        learning_rate=1e-4,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=42,
-    )
-    trainer = DPOTrainer(
-        model=str(tiny_model_dir),
-        args=args,
-        train_dataset=Dataset.from_list(PAIRS),
-        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
-    )
-    trainer.train()
-    theirs = trainer.state.log_history[0]
-
+    theirs = trl_step1(tiny_model_dir, tmp_path, bf16=True)
     train(config(tmp_path, tiny_model_dir, batch_size=len(PAIRS), max_steps=1, lr=1e-4, cpu_autocast="bf16"))
     ours = next(r for r in rows(tmp_path / "run") if "loss" in r)
     # measured: logps within 4e-6 relative, grad norm 3.2e-3 (bf16 rounding of the backward's GEMMs falls

@@ -219,9 +219,8 @@ def test_shared_prefix_refused_by_attention_that_ignores_it(tiny_model_dir):
 # ---- TRL parity ----
 
 
-def test_trl_parity_step0(tiny_model_dir, tmp_path):
-    """Step-1 row (computed with step-0 weights): loss, logps/chosen, logps/rejected equal TRL 1.16's."""
-    pytest.importorskip("trl")
+def trl_step1(model_dir, tmp_path, bf16: bool) -> dict:
+    """TRL 1.16 DPOTrainer's first log row (step-0 weights) on `PAIRS` in one batch, lr 1e-4, on the CPU."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -229,7 +228,7 @@ def test_trl_parity_step0(tiny_model_dir, tmp_path):
     args = DPOConfig(
         output_dir=str(tmp_path / "trl"),
         use_cpu=True,
-        bf16=False,
+        bf16=bf16,
         max_steps=1,
         logging_steps=1,
         per_device_train_batch_size=len(PAIRS),
@@ -240,14 +239,19 @@ def test_trl_parity_step0(tiny_model_dir, tmp_path):
         seed=42,
     )
     trainer = DPOTrainer(
-        model=str(tiny_model_dir),
+        model=str(model_dir),
         args=args,
         train_dataset=Dataset.from_list(PAIRS),
-        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
     )
     trainer.train()
-    theirs = trainer.state.log_history[0]
+    return trainer.state.log_history[0]
 
+
+def test_trl_parity_step0(tiny_model_dir, tmp_path):
+    """Step-1 row (computed with step-0 weights): loss, logps/chosen, logps/rejected equal TRL 1.16's."""
+    pytest.importorskip("trl")
+    theirs = trl_step1(tiny_model_dir, tmp_path, bf16=False)
     train(config(tmp_path, tiny_model_dir, batch_size=len(PAIRS), max_steps=1, lr=1e-4))
     ours = rows(tmp_path / "run")[-1]
     for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins", "grad_norm"):

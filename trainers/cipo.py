@@ -205,21 +205,16 @@ def main(cfg: TrainConfig) -> dict:
         world, lambda: save_final(policy.model, tok.tok, work, cfg.lora_r > 0, cfg.save_merged, weights)
     )
 
-    def finish() -> dict:  # rank 0: the summary, and the run moved into --out
-        summary = {
+    def summarize() -> dict:  # rank 0
+        return {
             "rounds": rounds_done(work, c.rounds),
             "stopped_early": stopped,
             "model_dir": str(run.out / model_name),
             "train_steps": global_step,
             "precision": precision_tag(policy.autocast),
         }
-        write_json(work / "summary.json", summary)
-        run.finish()
-        return summary
 
-    summary = from_main(world, finish)
-    distributed.close(world)
-    return summary
+    return distributed.finish_run(world, run, work, summarize)
 
 
 def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tuple[dict, int]:

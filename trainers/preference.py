@@ -169,7 +169,7 @@ def main(cfg: TrainConfig) -> dict:
         world, lambda: save_final(policy.model, tok.tok, work, cfg.lora_r > 0, cfg.save_merged, weights)
     )
 
-    def finish() -> dict:  # rank 0: the summary, and the run moved into --out
+    def summarize() -> dict:  # rank 0
         rows = [r for r in read_log(metrics_path) if "loss" in r]
         summary = {
             "steps": total,
@@ -183,10 +183,6 @@ def main(cfg: TrainConfig) -> dict:
             "reference_precompute_tokens": pre_tokens,
             "precision": precision_tag(policy.autocast),
         }
-        write_json(work / "summary.json", summary)
-        run.finish()
         return summary
 
-    summary = from_main(world, finish)
-    distributed.close(world)
-    return summary
+    return distributed.finish_run(world, run, work, summarize)

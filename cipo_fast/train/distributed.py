@@ -233,6 +233,22 @@ def from_main(world: World | None, fn):
     return value
 
 
+def finish_run(world: World | None, run, work, summarize) -> dict:
+    """The end of a run on rank 0: `summarize()` written to `work/summary.json` and the run directory moved
+    into place (`RunDir.finish`); every rank gets the summary, then the process group closes."""
+    from cipo_fast.data.io import write_json
+
+    def finish() -> dict:
+        summary = summarize()
+        write_json(work / "summary.json", summary)
+        run.finish()
+        return summary
+
+    summary = from_main(world, finish)
+    close(world)
+    return summary
+
+
 def gather(world: World, obj) -> list:
     """Every rank's `obj`, in rank order, on every rank."""
     import torch.distributed as dist
