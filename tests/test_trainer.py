@@ -556,3 +556,44 @@ def test_loss_on_cot_or_answer_trains_that_part_only(tiny_model_dir, tmp_path):
         load_singles(plain, tok, "cot")
     with pytest.raises(ValueError, match="--loss-on answer applies to single-sequence methods"):
         TrainConfig(method="dpo", model="m", data="d", out="o", loss_on="answer")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_long_prefix_sharing_segment_runs_causal_and_equals_the_mask(monkeypatch, dtype):
+    """`cipo_varlen` on a stream [prefix 5 | chosen 12 | rejected 11 sharing the prefix | single 6]: the
+    padded causal form of the rejected segment (forced on by a zero `PADDED_MIN_TOKENS`) gives the masked
+    form's outputs and q/k/v gradients, and runs without a mask (the flash path)."""
+    from cipo_fast.model import attention
+
+    torch.manual_seed(0)
+    h, hkv, d, t = 4, 2, 8, 34
+    base = [torch.randn(1, n, t, d, dtype=dtype) for n in (h, hkv, hkv)]
+    cu = torch.tensor([0, 17, 28, 34])
+    prefixes = [(0, 0), (0, 5), (0, 0)]  # segment 1 (tokens 17..28) sees tokens 0..5 as its prefix
+    module = torch.nn.Module()
+    masks = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        masks.append(attn_mask is None and kw.get("is_causal", False))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+
+    def run(min_tokens):
+        monkeypatch.setattr(attention, "PADDED_MIN_TOKENS", min_tokens)
+        q, k, v = (x.clone().requires_grad_(True) for x in base)
+        out, _ = attention._varlen_sdpa(module, q, k, v, None, cu_seq_lens_q=cu, cipo_prefixes=prefixes)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), [x.grad for x in (q, k, v)]
+
+    masks.clear()
+    masked, g_masked = run(10**9)
+    assert masks == [True, False, True]  # segment 1 took the mask (math path)
+    masks.clear()
+    padded, g_padded = run(0)
+    assert masks == [True, True, True]  # ... and here plain causal attention
+    tol = dict(rtol=0, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(padded, masked, **tol)
+    for a, b in zip(g_padded, g_masked):
+        torch.testing.assert_close(a, b, **tol)
