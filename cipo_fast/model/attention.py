@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 
 VARLEN_ATTN = "cipo_varlen"
-PADDED_MIN_TOKENS = (
-    1024  # a prefix-sharing segment this long (and its prefix at most half as long) runs padded
-)
+# a prefix-sharing segment this long (and its prefix at most half as long) runs padded
+PADDED_MIN_TOKENS = 1024
 
 
 def _varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
