@@ -16,6 +16,7 @@ attention; copy/cat/index/...: data movement; everything else: elementwise). Pro
 
     python bench/profile_step.py                 # SmolLM2-135M, 6 R-TOFU pairs, batch 2, 3 steps
     python bench/profile_step.py --checkpoint-every 0
+    python bench/profile_step.py --length 4096 --batch 1 --steps 2 --out bench/out/profile-4k --marker bench-profile-long
 """
 
 from __future__ import annotations
@@ -124,8 +125,17 @@ def profile(a: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="cipo-profile-"))
     model_path = resolve_model(a.model, work)
     data = work / "pairs.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in rtofu_pairs(a.pairs)))
+    if a.length:  # one long synthetic pair (bench/memory_scaling.py's), a step each
+        from memory_scaling import synthetic_pair
+        from transformers import AutoTokenizer
+
+        pairs = [synthetic_pair(AutoTokenizer.from_pretrained(model_path), a.length)]
+    else:
+        pairs = rtofu_pairs(a.pairs)
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     over = {} if a.checkpoint_every is None else {"checkpoint_every": a.checkpoint_every}
+    if a.length:
+        over["max_length"] = a.length + 64  # nothing cut: the prompt is 10 tokens
     job = dict(batch_size=a.batch, max_steps=a.steps, epochs=10, lr=1e-6)
     cfg = cipo_dpo_config(model_path, data, work, **job, **over)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -164,11 +174,12 @@ def profile(a: argparse.Namespace) -> dict:
     }
 
 
-def table(r: dict) -> str:
+def table(r: dict, length: int = 0) -> str:
     c = r["config"]
+    data = f"one synthetic pair of {length} tokens per side" if length else "R-TOFU pairs"
     wall = r["step_wall_s"]
     lines = [
-        f"Where a cipo-fast DPO step goes (`bench/profile_step.py`, torch.profiler, SmolLM2-135M, R-TOFU pairs, "
+        f"Where a cipo-fast DPO step goes (`bench/profile_step.py`, torch.profiler, SmolLM2-135M, {data}, "
         f"batch {c['batch_size']}, token budget {c['token_budget']}, checkpointing every "
         f"{c['checkpoint_every']} layer(s); {r['tokens_per_step']:.0f} tokens/step, {wall:.2f} s/step under "
         f"the profiler, mean of {r['steps_counted']} steps after the first). Self time of the ops inside the step:",
@@ -200,12 +211,14 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-every", type=int, default=None, help="default: cipo-fast's default")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not touch README.md")
+    ap.add_argument("--length", type=int, default=0, help="one synthetic pair of L tokens per side instead")
+    ap.add_argument("--marker", default="bench-profile", help="the README table to regenerate")
     a = ap.parse_args(argv)
     facts = machine()
     r = profile(a)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "profile_step.json").write_text(json.dumps({"machine": facts, **r}, indent=2))
-    publish("bench-profile", table(r), a.readme)
+    publish(a.marker, table(r, a.length), a.readme)
     return 0
 
 
