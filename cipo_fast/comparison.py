@@ -135,11 +135,10 @@ def headline(summary: dict) -> dict:
 
 
 def summarize_sweep(runs: dict[str, dict[str, dict]], target: dict) -> dict:
-    """{method: {"best": setting, "settings": {setting: headline}}} from {method: {setting: summary}}."""
+    """{method: {"best": setting, "settings": {setting: headline}}} from {method: {setting: headline}}."""
     out = {}
-    for name, settings in runs.items():
-        rows = {k: headline(v) for k, v in settings.items()}
-        out[name] = {"best": best_setting(rows, target) if rows else None, "settings": rows}
+    for name, rows in runs.items():
+        out[name] = {"best": best_setting(rows, target) if rows else None, "settings": dict(rows)}
     return out
 
 

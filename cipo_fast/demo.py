@@ -58,6 +58,11 @@ class DemoConfig:
     compare_methods: tuple[str, ...] = opt(
         tuple(COMPARED), "methods of --compare (cipo_fast.comparison)", choices=tuple(COMPARED)
     )
+    compare_record: str | None = opt(
+        None,
+        "JSON file that keeps each compared setting's results across run directories and checkouts "
+        "(cipo_fast.comparison_record); settings it holds for the same target weights are not rerun",
+    )
     progress: bool = opt(True, "progress bars")
 
     def __post_init__(self):  # fails before the minutes of SFT that come before the first TrainConfig
@@ -128,14 +133,17 @@ def retain_with_arithmetic(data: dict, out: Path) -> Path:
     return out
 
 
-def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path, cipo_after: dict) -> dict:
+def compare(
+    cfg: DemoConfig, target: str, data: dict, steps: int, out: Path, cipo_after: dict, record=None
+) -> dict:
     """Every method of `cipo_fast.comparison` that `--compare-methods` names, at each learning rate of its
     sweep, with CiPO's budget (same steps, batch, retain set); the guards on the target. CiPO's own
     setting at `--lr` is the demo's CiPO run (`cipo_after`, its evaluation). Returns
-    {method: {setting: after-summary}}, each summary with its `wall_s` (training + evaluation); every
-    setting's run and evaluation are kept and reused by a rerun."""
+    {method: {setting: headline}} (`comparison.headline`, with the setting's `wall_s`: training +
+    evaluation); every setting's run and evaluation are kept and reused by a rerun, and a setting that
+    `record` (a `comparison_record.CompareRecord` of this target's weights) holds is taken from it."""
     from cipo_fast import fit
-    from cipo_fast.comparison import sweep_lrs
+    from cipo_fast.comparison import headline, sweep_lrs
     from cipo_fast.unlearning.baselines import BaselineDataConfig, build
 
     files = build(
@@ -144,19 +152,30 @@ def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path, cip
     files["items"] = Path(data["forget"])
     n = len(read_jsonl(data["forget"]))
     results: dict[str, dict] = {}
+
+    def keep(name, key, row):
+        results[name][key] = row
+        if record is not None and record.get(name, key) is None:
+            record.put(name, key, row)
+
     for name in cfg.compare_methods:
         spec = COMPARED[name]
         results[name] = {}
-        if spec.method is None:  # a guard: the target, decoded under it
-            t = time.perf_counter()
-            summary = _eval(cfg, target, out / name / "eval", data, name, original=target, guard=spec.guard)
-            results[name]["target"] = _timed(out / name, summary, t)
-            continue
         own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
-        for lr in sweep_lrs(spec, cfg.lr, own):
-            key = f"lr={lr:g}"
+        keys = ["target"] if spec.method is None else [f"lr={lr:g}" for lr in sweep_lrs(spec, cfg.lr, own)]
+        for lr, key in zip(sweep_lrs(spec, cfg.lr, own) or [None], keys):
+            if record is not None and record.get(name, key) is not None:
+                results[name][key] = record.get(name, key)
+                continue
+            if spec.method is None:  # a guard: the target, decoded under it
+                t = time.perf_counter()
+                summary = _eval(
+                    cfg, target, out / name / "eval", data, name, original=target, guard=spec.guard
+                )
+                keep(name, key, headline(_timed(out / name, summary, t)))
+                continue
             if name == "cipo" and lr == cfg.lr:
-                results[name][key] = cipo_after
+                keep(name, key, headline(cipo_after))
                 continue
             run = out / name / key
             t = time.perf_counter()
@@ -167,7 +186,7 @@ def compare(cfg: DemoConfig, target: str, data: dict, steps: int, out: Path, cip
                 )
                 fit(_method_config(cfg, spec, files, data, lr, steps * cfg.batch_size / n, **common))
             summary = _eval(cfg, str(run / "model"), run / "eval", data, f"{name} {key}", original=target)
-            results[name][key] = _timed(run, summary, t)
+            keep(name, key, headline(_timed(run, summary, t)))
     return results
 
 
@@ -210,6 +229,30 @@ def _timed(run: Path, summary: dict, t0: float) -> dict:
     if not path.is_file():
         write_json(path, {"wall_s": round(time.perf_counter() - t0, 1)})
     return {**summary, "wall_s": json.loads(path.read_text())["wall_s"]}
+
+
+def _cipo_wall(out: Path, timings: dict, ran: bool) -> float:
+    """The demo's CiPO run's wall time (training + its evaluation), as `compare` reports for each setting:
+    measured when this process ran both stages and kept in cipo/wall.json; else what an earlier run's
+    demo.json measured; else the rounds' and the evaluation's own timings (without model loading)."""
+    path = out / "cipo" / "wall.json"
+    if path.is_file():
+        return json.loads(path.read_text())["wall_s"]
+    earlier = (
+        json.loads((out / "demo.json").read_text()).get("timings_s", {})
+        if (out / "demo.json").is_file()
+        else {}
+    )
+    if ran:
+        wall = timings["CiPO"] + timings["evaluate unlearned model"]
+    elif earlier.get("CiPO") and earlier.get("evaluate unlearned model"):
+        wall = earlier["CiPO"] + earlier["evaluate unlearned model"]
+    else:
+        rounds = json.loads((out / "cipo" / "summary.json").read_text())["rounds"]
+        evaluation = json.loads((out / "after" / "summary.json").read_text()).get("timing", {})
+        wall = sum(r.get("seconds") or 0.0 for r in rounds) + (evaluation.get("seconds") or 0.0)
+    write_json(path, {"wall_s": round(wall, 1)})
+    return round(wall, 1)
 
 
 def _cipo_config(cfg: DemoConfig, base: CipoConfig | None = None) -> CipoConfig:
@@ -284,6 +327,7 @@ def main(cfg: DemoConfig) -> dict:
             )
         )
 
+    ran_cipo = not (cipo_dir / "summary.json").is_file()
     cipo_summary = stage("CiPO", run_cipo)
     after = stage(
         "evaluate unlearned model",
@@ -300,11 +344,20 @@ def main(cfg: DemoConfig) -> dict:
     }
     if cfg.compare:
         from cipo_fast.comparison import compare_table, headline, summarize_sweep, sweep_table
+        from cipo_fast.comparison_record import CompareRecord, weights_digest
 
-        cipo_after = {**after, "wall_s": timings["CiPO"] + timings["evaluate unlearned model"]}
+        record = None
+        if cfg.compare_record:
+            record = CompareRecord(cfg.compare_record, weights_digest(target))
+            if record.others():
+                print(f"--compare-record: {len(record.others())} other target(s) in the file are left alone")
+            record.put_target(headline(before))
+        cipo_after = {**after, "wall_s": _cipo_wall(out, timings, ran_cipo)}
         runs = stage(
             "compare",
-            lambda: compare(cfg, str(target), data, cipo_summary["train_steps"], out / "compare", cipo_after),
+            lambda: compare(
+                cfg, str(target), data, cipo_summary["train_steps"], out / "compare", cipo_after, record
+            ),
         )
         result["compare"] = summarize_sweep(runs, headline(before))
         print(compare_table(result["compare"], headline(before)))

@@ -1,5 +1,6 @@
 """`demo --compare`: the selection rule, the sweep, the tables, and a small comparison on the tiny model."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from cipo_fast.comparison import (
     METHODS,
     best_setting,
     compare_table,
+    headline,
     summarize_sweep,
     sweep_lrs,
     sweep_table,
@@ -48,7 +50,9 @@ def test_sweep_learning_rates():
 
 
 def test_tables_mark_the_best_setting():
-    head = lambda r: {"strategies": {"greedy": {"leak_cot": r[0], "leak_answer": r[1]}}, "mcs": 0.5}  # noqa: E731
+    def head(r):
+        return headline({"strategies": {"greedy": {"leak_cot": r[0], "leak_answer": r[1]}}, "mcs": 0.5})
+
     runs = {"ga": {"lr=1": head((0.5, 0.5)), "lr=3": head((0.0, 0.25))}}
     summary = summarize_sweep(runs, {})
     assert summary["ga"]["best"] == "lr=3"
@@ -59,7 +63,8 @@ def test_tables_mark_the_best_setting():
 
 def test_compare_runs_each_setting_once_and_reuses_it(tiny_model_dir, tmp_path, monkeypatch):
     """A small comparison on the tiny model: each setting of the sweep trains and is evaluated, the guard
-    evaluates the target, and a rerun reuses every setting (same wall time recorded)."""
+    evaluates the target, and a rerun reuses every setting (same wall time recorded); a record file
+    carries the results to a new run directory for the same target weights, and only to those."""
     from cipo_fast import comparison, demo, synthetic
     from cipo_fast.data.io import read_jsonl, write_jsonl
 
@@ -106,3 +111,43 @@ def test_compare_runs_each_setting_once_and_reuses_it(tiny_model_dir, tmp_path, 
     calls.clear()
     again = demo.compare(cfg, str(tiny_model_dir), data, 2, out, cipo_after={})
     assert not calls and {k: v["wall_s"] for k, v in again["tru"].items()} == walls
+    # a record carries every finished setting to an empty run directory (same target weights)
+    from cipo_fast.comparison_record import CompareRecord, weights_digest
+
+    path = tmp_path / "record.json"
+    digest = weights_digest(tiny_model_dir)
+    demo.compare(cfg, str(tiny_model_dir), data, 2, out, {}, CompareRecord(path, digest))
+    stored = json.loads(path.read_text())["targets"][digest]["settings"]
+    assert {k: v["wall_s"] for k, v in stored["tru"].items()} == walls and stored["tru"]["lr=0.001"]["host"]
+    fresh = demo.compare(
+        cfg, str(tiny_model_dir), data, 2, tmp_path / "fresh", {}, CompareRecord(path, digest)
+    )
+    assert not calls and [p.name for p in (tmp_path / "fresh").iterdir()] == [
+        "data"
+    ]  # the methods' data only
+    assert {k: v["wall_s"] for k, v in fresh["tru"].items()} == walls
+    # other weights: nothing is reused, and the first target's entry stays as it was
+    cfg2 = dataclasses.replace(cfg, compare_methods=("ga_kl",))
+    other = CompareRecord(path, "0" * 64)
+    demo.compare(cfg2, str(tiny_model_dir), data, 2, tmp_path / "other", {}, other)
+    assert len(calls) == 2 and json.loads(path.read_text())["targets"][digest]["settings"] == stored
+
+
+def test_compare_record_refuses_a_file_that_is_not_one(tmp_path):
+    from cipo_fast.comparison_record import CompareRecord
+
+    bad = tmp_path / "results.json"
+    for text in (
+        "{not json",
+        '{"kind": "something else"}',
+        '{"kind": "cipo-fast compare record", "targets": {"x": 3}}',
+    ):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=r"--compare-record .*results\.json"):
+            CompareRecord(bad, "d")
+        assert bad.read_text() == text  # left as it was
+    record = CompareRecord(tmp_path / "new.json", "d")  # a missing file is a new record
+    assert record.get("ga", "lr=1") is None and not (tmp_path / "new.json").exists()
+    record.put("ga", "lr=1", {"wall_s": 1.0})
+    assert CompareRecord(tmp_path / "new.json", "d").get("ga", "lr=1")["wall_s"] == 1.0
+    assert CompareRecord(tmp_path / "new.json", "e").get("ga", "lr=1") is None

@@ -1,0 +1,117 @@
+"""A record of `demo --compare` results that outlives one run directory.
+
+The comparison's settings take hours on a CPU; a run directory holds their checkpoints and evaluations
+but may not survive to the next session or machine. `--compare-record FILE` keeps each finished setting's
+headline numbers (`comparison.headline`, with its wall time, host and code revision) in one small JSON
+file, keyed by the SHA-256 of the target model's weights: a later run whose target has the same weights
+reuses those settings instead of training them again, and one with other weights (another host's float
+reductions, another seed) starts its own entry and never mixes the two. Writes are atomic, one per
+finished setting, so a killed run loses at most the setting it was in.
+
+    {"kind": "cipo-fast compare record", "targets": {"<sha256>": {"target": {...headline...},
+      "settings": {"<method>": {"lr=0.0001": {...headline, "host": ..., "revision": ...}}}}}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+from cipo_fast.data.io import write_json
+
+KIND = "cipo-fast compare record"
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """SHA-256 of a model directory's `model.safetensors` bytes (the weights, names and dtypes)."""
+    path = Path(model_dir) / "model.safetensors"
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def host() -> str:
+    """The CPU model name (Linux: /proc/cpuinfo), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def revision() -> str | None:
+    """The git commit of the code that ran (with "+dirty" for local changes), or None outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+class CompareRecord:
+    """The entry of one target's weights in a record file (created on the first `put`)."""
+
+    def __init__(self, path: str | Path, digest: str):
+        self.path, self.digest = Path(path), digest
+        self.data = {"kind": KIND, "targets": {}}
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"--compare-record {self.path}: not a readable JSON file ({e})") from e
+            if not (
+                isinstance(data, dict) and data.get("kind") == KIND and isinstance(data.get("targets"), dict)
+            ):
+                raise ValueError(
+                    f"--compare-record {self.path}: not a cipo-fast compare record "
+                    f'(expected {{"kind": "{KIND}", "targets": {{...}}}}); choose another file'
+                )
+            for digest_, entry in data["targets"].items():
+                if not (isinstance(entry, dict) and isinstance(entry.get("settings", {}), dict)):
+                    raise ValueError(f"--compare-record {self.path}: targets.{digest_}: not an entry object")
+            self.data = data
+
+    @property
+    def entry(self) -> dict:
+        return self.data["targets"].get(self.digest, {})
+
+    def others(self) -> list[str]:
+        """Digests of the other targets the file holds results for (not used by this run)."""
+        return [d for d in self.data["targets"] if d != self.digest]
+
+    def get(self, method: str, setting: str) -> dict | None:
+        return self.entry.get("settings", {}).get(method, {}).get(setting)
+
+    def put(self, method: str, setting: str, row: dict) -> None:
+        entry = self.data["targets"].setdefault(self.digest, {"settings": {}})
+        entry.setdefault("settings", {}).setdefault(method, {})[setting] = {
+            **row,
+            "host": host(),
+            "revision": revision(),
+        }
+        write_json(self.path, self.data)
+
+    def put_target(self, row: dict) -> None:
+        """The target's own headline (what the table's first row shows)."""
+        entry = self.data["targets"].setdefault(self.digest, {"settings": {}})
+        entry["target"] = {**row, "host": host(), "revision": revision()}
+        write_json(self.path, self.data)
