@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import subprocess
 from pathlib import Path
 
 from cipo_fast.data.io import write_json
+from cipo_fast.train.precision import cpu_model
 
 KIND = "cipo-fast compare record"
 
@@ -35,33 +35,20 @@ def weights_digest(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def host() -> str:
-    """The CPU model name (Linux: /proc/cpuinfo), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def revision() -> str | None:
     """The git commit of the code that ran (with "+dirty" for local changes), or None outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit, dirty = (
+            git("rev-parse", "--short", "HEAD").strip(),
+            git("status", "--porcelain", "-uno").strip(),
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+dirty" if dirty else "")
@@ -105,7 +92,7 @@ class CompareRecord:
         entry = self.data["targets"].setdefault(self.digest, {"settings": {}})
         entry.setdefault("settings", {}).setdefault(method, {})[setting] = {
             **row,
-            "host": host(),
+            "host": cpu_model(),
             "revision": revision(),
         }
         write_json(self.path, self.data)
@@ -113,5 +100,5 @@ class CompareRecord:
     def put_target(self, row: dict) -> None:
         """The target's own headline (what the table's first row shows)."""
         entry = self.data["targets"].setdefault(self.digest, {"settings": {}})
-        entry["target"] = {**row, "host": host(), "revision": revision()}
+        entry["target"] = {**row, "host": cpu_model(), "revision": revision()}
         write_json(self.path, self.data)

@@ -155,15 +155,15 @@ def compare(
 
     def keep(name, key, row):
         results[name][key] = row
-        if record is not None and record.get(name, key) is None:
+        if record is not None:
             record.put(name, key, row)
 
     for name in cfg.compare_methods:
         spec = COMPARED[name]
         results[name] = {}
         own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
-        keys = ["target"] if spec.method is None else [f"lr={lr:g}" for lr in sweep_lrs(spec, cfg.lr, own)]
-        for lr, key in zip(sweep_lrs(spec, cfg.lr, own) or [None], keys):
+        lrs = {f"lr={lr:g}": lr for lr in sweep_lrs(spec, cfg.lr, own)} if spec.method else {"target": None}
+        for key, lr in lrs.items():
             if record is not None and record.get(name, key) is not None:
                 results[name][key] = record.get(name, key)
                 continue
@@ -231,28 +231,17 @@ def _timed(run: Path, summary: dict, t0: float) -> dict:
     return {**summary, "wall_s": json.loads(path.read_text())["wall_s"]}
 
 
-def _cipo_wall(out: Path, timings: dict, ran: bool) -> float:
+def _cipo_wall(out: Path) -> float:
     """The demo's CiPO run's wall time (training + its evaluation), as `compare` reports for each setting:
-    measured when this process ran both stages and kept in cipo/wall.json; else what an earlier run's
-    demo.json measured; else the rounds' and the evaluation's own timings (without model loading)."""
+    cipo/wall.json, written by the run that trained it; else (a run directory from before it was kept)
+    the rounds' and the evaluation's own timings, without model loading."""
     path = out / "cipo" / "wall.json"
-    if path.is_file():
-        return json.loads(path.read_text())["wall_s"]
-    earlier = (
-        json.loads((out / "demo.json").read_text()).get("timings_s", {})
-        if (out / "demo.json").is_file()
-        else {}
-    )
-    if ran:
-        wall = timings["CiPO"] + timings["evaluate unlearned model"]
-    elif earlier.get("CiPO") and earlier.get("evaluate unlearned model"):
-        wall = earlier["CiPO"] + earlier["evaluate unlearned model"]
-    else:
+    if not path.is_file():
         rounds = json.loads((out / "cipo" / "summary.json").read_text())["rounds"]
         evaluation = json.loads((out / "after" / "summary.json").read_text()).get("timing", {})
         wall = sum(r.get("seconds") or 0.0 for r in rounds) + (evaluation.get("seconds") or 0.0)
-    write_json(path, {"wall_s": round(wall, 1)})
-    return round(wall, 1)
+        write_json(path, {"wall_s": round(wall, 1)})
+    return json.loads(path.read_text())["wall_s"]
 
 
 def _cipo_config(cfg: DemoConfig, base: CipoConfig | None = None) -> CipoConfig:
@@ -333,6 +322,8 @@ def main(cfg: DemoConfig) -> dict:
         "evaluate unlearned model",
         lambda: _eval(cfg, str(cipo_dir / "model"), out / "after", data, "after", original=str(target)),
     )
+    if ran_cipo:
+        write_json(cipo_dir / "wall.json", {"wall_s": timings["CiPO"] + timings["evaluate unlearned model"]})
     items = read_log(out / "after" / "items.jsonl")  # written by the evaluation above
     report.render_report(out, after, before=before, items=items)
     print(report.console_table(after, before=before))
@@ -352,7 +343,7 @@ def main(cfg: DemoConfig) -> dict:
             if record.others():
                 print(f"--compare-record: {len(record.others())} other target(s) in the file are left alone")
             record.put_target(headline(before))
-        cipo_after = {**after, "wall_s": _cipo_wall(out, timings, ran_cipo)}
+        cipo_after = {**after, "wall_s": _cipo_wall(out)}
         runs = stage(
             "compare",
             lambda: compare(
