@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 # `make test` runs the fast suite plus a small selection of real-model tests (marked slow + smoke).
 PYTEST_ARGS ?= -m "not slow or smoke"
 
-.PHONY: setup test test-slow lint format demo bench clean
+.PHONY: setup test test-slow lint format demo bench gpu-check triton-old-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -43,5 +43,18 @@ bench: setup
 	$(PY) bench/throughput.py
 	$(PY) bench/memory_scaling.py
 
+# On a CUDA machine, with that machine's own python3 (no set-up, no network: bench/gpu_check.py).
+gpu-check:
+	$(PYTHON) bench/gpu_check.py
+
+# The kernels under the oldest Triton the GPU-check machine has (3.6; its interpreter needs numpy < 2.4),
+# installed into a side folder: the interpreter tests, then the compile check for sm_80 / sm_90a.
+TRITON_OLD ?= 3.6.0
+triton-old-check: setup
+	$(PIP) install --quiet --no-deps --target .triton-$(TRITON_OLD) triton==$(TRITON_OLD) numpy==2.3.5
+	PYTHONPATH=.triton-$(TRITON_OLD) $(PY) -c "import triton; assert triton.__version__ == '$(TRITON_OLD)', triton.__version__"
+	PYTHONPATH=.triton-$(TRITON_OLD) $(PY) -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/test_triton_kernels.py
+	PYTHONPATH=.triton-$(TRITON_OLD) $(PY) -m cipo_fast.ops.kernel_check --targets sm_80,sm_90a > /dev/null
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .triton-*

@@ -69,9 +69,20 @@ def child_env() -> dict:
 
 
 def run_child(
-    args: list[str], mem_limit_bytes: int | None = None, timeout_s: float | None = None
+    args: list[str],
+    mem_limit_bytes: int | None = None,
+    timeout_s: float | None = None,
+    env_extra: dict[str, str | None] | None = None,
+    cwd: Path | None = None,
 ) -> ChildRun:
-    """Run `python args...` in a fresh process; its peak RSS comes from `os.wait4` (KiB on Linux)."""
+    """Run `python args...` in a fresh process; its peak RSS comes from `os.wait4` (KiB on Linux).
+    `env_extra` sets variables on top of `child_env()` (None: unset one)."""
+    env = child_env()
+    for key, value in (env_extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
 
     def limit():
         if mem_limit_bytes:
@@ -80,7 +91,7 @@ def run_child(
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, *args], stdout=out, stderr=err, env=child_env(), preexec_fn=limit
+            [sys.executable, *args], stdout=out, stderr=err, env=env, preexec_fn=limit, cwd=cwd
         )
         status, usage = _wait4(proc, timeout_s)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
@@ -250,7 +261,10 @@ class ModelShape:
 
     @classmethod
     def from_dir(cls, path: Path) -> ModelShape:
-        c = json.loads((path / "config.json").read_text())
+        return cls.from_config(json.loads((path / "config.json").read_text()))
+
+    @classmethod
+    def from_config(cls, c: dict) -> ModelShape:
         heads = c["num_attention_heads"]
         return cls(
             vocab=c["vocab_size"],

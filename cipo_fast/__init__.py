@@ -22,12 +22,41 @@ The package, by layer (each sub-package's docstring lists its modules):
     trainers/    the recipes: preference (every loss-based method), cipo, cipo_paper, r2mu, finetune
 """
 
-from cipo_fast.config import CipoConfig, TrainConfig
-from cipo_fast.eval.evaluate import EvalConfig, evaluate
-from cipo_fast.ops.logprobs import sequence_logprobs, token_logprobs
-from cipo_fast.train.losses import LOSSES, LossParams, get_loss
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cipo_fast.config import TrainConfig
 
 __version__ = "0.1.0"
+
+# name -> module, imported on first use (PEP 562): `import cipo_fast.ops` then pulls in neither the
+# evaluation stack (rouge-score, the embedder) nor anything else that a GPU-check machine may lack
+_LAZY = {
+    "CipoConfig": "cipo_fast.config",
+    "TrainConfig": "cipo_fast.config",
+    "EvalConfig": "cipo_fast.eval.evaluate",
+    "evaluate": "cipo_fast.eval.evaluate",
+    "sequence_logprobs": "cipo_fast.ops.logprobs",
+    "token_logprobs": "cipo_fast.ops.logprobs",
+    "LOSSES": "cipo_fast.train.losses",
+    "LossParams": "cipo_fast.train.losses",
+    "get_loss": "cipo_fast.train.losses",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cipo_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def fit(cfg: TrainConfig) -> dict:
@@ -56,15 +85,4 @@ def fit(cfg: TrainConfig) -> dict:
     return main(cfg)
 
 
-__all__ = [
-    "LOSSES",
-    "CipoConfig",
-    "EvalConfig",
-    "LossParams",
-    "TrainConfig",
-    "evaluate",
-    "fit",
-    "get_loss",
-    "sequence_logprobs",
-    "token_logprobs",
-]
+__all__ = sorted([*_LAZY, "fit"])

@@ -2,9 +2,10 @@
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (fp32 and fp16; the interpreter
 has no bf16 arithmetic). With TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled
-kernels on the GPU. Tolerances follow flash-attention: fp32 is compared to the reference directly;
-for fp16, `err(ours vs fp32 reference) <= 2 * err(torch in fp16 vs fp32 reference) + atol`, where the
-"torch in fp16" path is the textbook one (fp16 logits, log-softmax in fp32).
+kernels on the GPU, in bf16 too (`make gpu-check`). Tolerances follow flash-attention: fp32 is compared
+to the reference directly; for fp16 / bf16, `err(ours vs fp32 reference) <= 2 * err(torch in that dtype
+vs fp32 reference) + atol`, where the "torch in that dtype" path is the textbook one (logits in the
+input dtype, log-softmax in fp32), and the fp16 `atol` is scaled to bf16 by the unit roundoffs.
 
 Shapes stay small (N <= 64, V <= 300, d <= 64, one V = 1001 and one d = 576 case): the interpreter
 executes every program in numpy.
@@ -31,11 +32,20 @@ if DEVICE == "cuda" and not torch.cuda.is_available():
         "Triton kernels are compiled (TRITON_INTERPRET=0) but there is no GPU", allow_module_level=True
     )
 
-DTYPES = [torch.float32, torch.float16]
-# fp32: direct comparison to the reference. fp16: the `atol` of `err <= 2 * err_fp16_torch + atol`.
+# bf16 only compiled: the interpreter has no bf16 arithmetic
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+HALF = (torch.float16, torch.bfloat16)
+
+
+def half_atol(dtype: torch.dtype, fp16_atol: float) -> float:
+    """An absolute tolerance set for fp16, scaled to `dtype` by the ratio of unit roundoffs (bf16: 8x)."""
+    return fp16_atol * torch.finfo(dtype).eps / torch.finfo(torch.float16).eps
+
+
+# fp32: direct comparison to the reference. fp16 / bf16: the `atol` of `err <= 2 * err_torch + atol`.
 TOL = {
     torch.float32: {"value": (1e-5, 1e-5), "grad": (1e-5, 1e-5)},  # (rtol, atol)
-    torch.float16: {"value": 1e-4, "grad": 2e-3},  # atol on top of 2 x the fp16 torch error
+    **{dt: {"value": half_atol(dt, 1e-4), "grad": half_atol(dt, 2e-3)} for dt in HALF},
 }
 
 
@@ -181,10 +191,10 @@ def _gradient_error_bounds(hidden, weight, targets, mask, g, dtype):
     """First-order bounds on |error| of dH and dW that fp32 logits allow (Higham, "Accuracy and Stability
     of Numerical Algorithms", 2nd ed., eq. 3.5: |fl(x.y) - x.y| <= d u |x|.|y|). An error dz_tv in z
     moves p_tv by p_tv (dz_tv - dlse_t), and |dlse_t| <= max_v |dz_tv|; dz = g (onehot - p) is then
-    rounded to the input dtype (unit roundoff 2^-11 for fp16) before the two products."""
+    rounded to the input dtype (unit roundoff 2^-11 for fp16, 2^-8 for bf16) before the two products."""
     h, w = hidden.double(), weight.double()
     d, v = h.shape[1], w.shape[0]
-    u32, u_in = 2.0**-24, (2.0**-11 if dtype == torch.float16 else 2.0**-24)
+    u32, u_in = 2.0**-24, torch.finfo(dtype).eps / 2  # unit roundoff of the input dtype
     p = torch.softmax(h @ w.T, -1)
     bz = d * u32 * (h.abs() @ w.abs().T)  # [n, v] bound on the error of each logit
     dp = p * (bz + bz.amax(-1, keepdim=True))
@@ -217,14 +227,14 @@ def test_no_nan_with_logits_of_magnitude_1e4(dtype):
     out, dh, dw = value_and_grads(ours, hidden, weight)
     assert all(bool(t.isfinite().all()) for t in (out, dh, dw))
     ref_out, ref_dh, ref_dw = value_and_grads(ref, hidden.double().cpu(), weight.double().cpu())
-    rel = 1e-5 if dtype == torch.float32 else 2e-3
+    rel = 1e-5 if dtype == torch.float32 else half_atol(dtype, 2e-3)
     assert (out.double().cpu() - ref_out).abs().max().item() <= rel * (ref_out.abs().max().item() + 1.0)
     dout = torch.randn(s, generator=torch.Generator().manual_seed(1), dtype=torch.float32).double()
     g = dout[seq_ids.cpu()] * mask.cpu().double()  # value_and_grads' upstream gradient per token
     bound_dh, bound_dw = _gradient_error_bounds(
         hidden.cpu(), weight.cpu(), targets.cpu(), mask.cpu(), g, dtype
     )
-    u_out = 2.0**-11 if dtype == torch.float16 else 2.0**-24  # the final cast to the input dtype
+    u_out = torch.finfo(dtype).eps / 2  # the final cast to the input dtype
     for got, exp, bound in ((dh, ref_dh, bound_dh), (dw, ref_dw, bound_dw)):
         err = (got.double().cpu() - exp).abs()
         # the bound is rigorous to first order (second-order terms are ~bound^2, < 1e-3 of it here); at
@@ -250,7 +260,7 @@ def test_filtering_on_and_off_agree(dtype):
 
     off = value_and_grads(ours(0.0), hidden, weight)
     auto = value_and_grads(ours(None), hidden, weight)
-    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    tol = 1e-6 if dtype == torch.float32 else half_atol(dtype, 2e-3)
     for a, b in zip(off, auto):
         torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=tol)
     assert_matches_reference(ours(None), hidden, weight, targets, seq_ids, mask, 3)

@@ -98,6 +98,14 @@ def load_model(source: str, opts: ModelOptions):
         attn_implementation=pick_attention(device),
         trust_remote_code=opts.trust_remote_code,
     )
+    return prepare_model(model, opts, device), tokenizer
+
+
+def prepare_model(model, opts: ModelOptions, device: torch.device | None = None):
+    """Ready a built model for packed training (the module docstring): on its device, Liger's body kernels
+    on CUDA, activation checkpointing, LoRA. `load_model` ends with it; a model built from a config (a
+    benchmark's random model) gets the same set-up from it. The model's attention must already be picked."""
+    device = resolve_device(opts.device) if device is None else device
     model.to(device)
     if opts.liger and device.type == "cuda":
         _apply_liger(model)
@@ -122,7 +130,7 @@ def load_model(source: str, opts: ModelOptions):
         model = get_peft_model(model, lcfg)
         if opts.checkpoint_every > 0:
             model.enable_input_require_grads()
-    return model, tokenizer
+    return model
 
 
 def _apply_liger(model) -> None:
