@@ -1,8 +1,9 @@
 """Kernel micro-benchmark: the fused LM-head log-prob op + DPO loss, forward + backward, on this CPU.
 
 Question: at SmolLM2 shapes (d = 576, V = 49152), how much time and memory does the loss path cost with
-cipo-fast's `chunked` backend, with the textbook `reference` (full fp32 logits), and with Liger's
-`LigerFusedLinearDPOLoss` (chunked PyTorch, torch.compile)?
+cipo-fast's loss inside the op (`fused`: `cipo_fast.ops.fused_loss`, 3 GEMMs, what the trainer runs on
+CPU), its two-pass `chunked` op with the loss outside (4 GEMMs), the textbook `reference` (full fp32
+logits), and Liger's `LigerFusedLinearDPOLoss` (chunked PyTorch, torch.compile)?
 
 Each point runs in a fresh process (so peak RSS is that point's own): it builds hidden states for N tokens
 as DPO pairs of 512-token sequences (all tokens are completion tokens), runs warm-up calls (Liger's first
@@ -29,7 +30,7 @@ import time
 from common import OUT, machine, publish
 
 D, V, SEQ = 576, 49152, 512
-BACKENDS = ("chunked", "reference", "liger")
+BACKENDS = ("fused", "chunked", "reference", "liger")
 
 
 def rss_gb() -> float:
@@ -67,6 +68,17 @@ def point(backend: str, n: int, repeats: int) -> dict:
         def step():
             loss, _ = loss_fn(weight, h3[order], t2)
             return loss
+    elif backend == "fused":
+        from cipo_fast.ops.fused_loss import fused_group_loss
+
+        bounds = [(2 * p * SEQ, 2 * (p + 1) * SEQ) for p in range(pairs)]  # a pair = a group
+
+        def loss_of(sel, s):
+            c, r = 2 * sel, 2 * sel + 1
+            return (-F.logsigmoid(beta * ((s[c] - ref[c]) - (s[r] - ref[r])))).sum() / pairs
+
+        def step():
+            return fused_group_loss(hidden, weight, targets, mask, seq_ids, 2 * pairs, bounds, loss_of)[0]
     else:
         from cipo_fast.ops.logprobs import sequence_logprobs
 

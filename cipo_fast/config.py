@@ -276,6 +276,11 @@ class TrainConfig:
         "auto", "fused log-prob backend: triton (CUDA), chunked (any device), reference (full logits)"
     )
     share_prefix: bool = opt(True, "store a pair's common prefix once in the packed stream")
+    fused_loss: bool = opt(
+        True,
+        "with the chunked backend, the loss and its gradient inside the LM-head pass (3 GEMMs instead of 4; "
+        "cipo_fast.ops.fused_loss)",
+    )
     # reference log-probs
     ref_mode: Literal["precompute", "lazy"] = opt(
         "precompute", "precompute: all before step 1, no second model; lazy: per step with a frozen reference"

@@ -151,3 +151,43 @@ def test_compare_record_refuses_a_file_that_is_not_one(tmp_path):
     record.put("ga", "lr=1", {"wall_s": 1.0})
     assert CompareRecord(tmp_path / "new.json", "d").get("ga", "lr=1")["wall_s"] == 1.0
     assert CompareRecord(tmp_path / "new.json", "e").get("ga", "lr=1") is None
+
+
+def test_compare_tables_render_a_partial_record():
+    """bench/compare_tables.py: the status counts what ran and names what did not; a method with part of
+    its sweep is marked; the best setting shown is `best_setting`'s."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import compare_tables
+
+    def row(leak, retain):
+        return {"max_leak_cot": leak, "max_leak_answer": leak, "mcs": 0.5, "retain_accuracy": retain,
+                "arithmetic_accuracy": 0.2, "wall_s": 100.0, "host": "h", "revision": "abc"}  # fmt: skip
+
+    expected = compare_tables.expected_settings()
+    ga_keys = expected["ga"]
+    record = {
+        "kind": "cipo-fast compare record",
+        "targets": {
+            "a" * 64: {
+                "target": row(1.0, 0.85),
+                "settings": {
+                    "ga": {ga_keys[0]: row(0.5, 0.84), ga_keys[1]: row(0.0, 0.1), ga_keys[2]: row(0.2, 0.8)},
+                    "npo": {expected["npo"][0]: row(0.7, 0.9)},
+                },
+            },
+            "b" * 64: {"settings": {}},
+        },
+    }
+    assert compare_tables.pick_target(record, None) == "a" * 64
+    text = compare_tables.render(record, "a" * 64)
+    total = sum(len(v) for v in expected.values())
+    assert f"4 of {total} settings done (0.1 h" in text
+    assert (
+        "npo (" + ", ".join(expected["npo"][1:]) + ")" in text and "ga (" not in text.split("Not run yet:")[1]
+    )
+    # ga: the setting at 0 % leak loses 74 points of retain, so the best is the 20 % one that keeps it
+    assert f"ga | {ga_keys[2]} | 20.0% | 20.0%" in text
+    assert "(best of an incomplete sweep: npo)" in text

@@ -71,6 +71,8 @@ class MicroBatch:
     prefixes: tuple[tuple[int, int], ...] | None = None
     shared_ids: torch.Tensor | None = None  # [T] long; None: no position is shared
     seq_tokens: int = 0  # tokens of the sequences, counting shared tokens once per sequence
+    # per group, in order: its sequences' index range [first, end) (a loss that is a sum over groups)
+    group_seqs: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_seqs(self) -> int:
@@ -142,7 +144,7 @@ def collate(groups: list[tuple[Sequence, ...]], members: list[int], share_prefix
     """
     ids, pos, tgt, msk, sid, shr, lengths = [], [], [], [], [], [], []
     cu, prefixes = [0], []
-    pairs = []
+    pairs, group_seqs = [], []
 
     def put(seq: Sequence, seq_id: int, start: int, prefix: tuple[int, int]) -> None:
         """Stream positions `start..n-1` of `seq`; positions before `start` live in `prefix`."""
@@ -163,6 +165,7 @@ def collate(groups: list[tuple[Sequence, ...]], members: list[int], share_prefix
     for g in members:
         group = groups[g]
         first = len(lengths)
+        group_seqs.append((first, first + len(group)))
         lengths.extend(len(seq) - len(seq.prompt_ids) for seq in group)
         s = shared_prefix(*group) if share_prefix and len(group) == 2 else 0
         if s:
@@ -192,6 +195,7 @@ def collate(groups: list[tuple[Sequence, ...]], members: list[int], share_prefix
         if shared
         else None,
         seq_tokens=sum(len(seq) for g in members for seq in groups[g]),
+        group_seqs=tuple(group_seqs),
     )
 
 

@@ -136,12 +136,8 @@ def check_logits_path(model, tokenizer, backend: str = "auto", tol: float = 1e-3
         )
 
 
-def micro_batch_logps(
-    model, mb, backend: str = "auto", autocast_dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """Per-sequence completion log-prob sums `[S]` (fp32) of a packed micro-batch; differentiable."""
-    from cipo_fast.ops.logprobs import sequence_logprobs, token_logprobs
-
+def _head_inputs(model, mb, autocast_dtype):
+    """(hidden [T, d] scaled, head weight [V, d] in one dtype, head spec, micro-batch on the device)."""
     spec = head_spec(model)
     device = compute_device(model)
     mb = mb.to(device)
@@ -157,6 +153,16 @@ def micro_batch_logps(
         hidden, weight = hidden.to(autocast_dtype), weight.to(autocast_dtype)
     else:
         hidden = hidden.to(weight.dtype)
+    return hidden, weight, spec, mb
+
+
+def micro_batch_logps(
+    model, mb, backend: str = "auto", autocast_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Per-sequence completion log-prob sums `[S]` (fp32) of a packed micro-batch; differentiable."""
+    from cipo_fast.ops.logprobs import sequence_logprobs, token_logprobs
+
+    hidden, weight, spec, mb = _head_inputs(model, mb, autocast_dtype)
     if mb.shared_ids is not None:  # shared positions count for both sides of their pair
         logp = token_logprobs(hidden, weight, mb.targets, mb.loss_mask, backend=backend, softcap=spec.softcap)
         sums = torch.zeros(mb.num_seqs + 1, dtype=logp.dtype, device=logp.device)
@@ -170,6 +176,37 @@ def micro_batch_logps(
         mb.num_seqs,
         backend=backend,
         softcap=spec.softcap,
+    )
+
+
+def fuses_loss(model, backend: str) -> bool:
+    """Whether `micro_batch_loss` can run for this model and backend: the chunked path (the Triton kernels
+    keep the two-pass op), no logit soft-capping."""
+    from cipo_fast.ops.logprobs import LogprobOptions, _resolve_backend
+
+    device = compute_device(model)
+    probe = torch.empty(0, device=device)
+    return head_spec(model).softcap is None and _resolve_backend(probe, LogprobOptions(backend)) == "chunked"
+
+
+def micro_batch_loss(model, mb, loss_of, autocast_dtype: torch.dtype | None = None):
+    """(loss, per-sequence log-prob sums `[S]` detached) of a packed micro-batch whose loss is a sum over its
+    groups, `loss_of(group_indices, logps)`; the LM head, log-probs and the loss's gradient in one pass
+    (`cipo_fast.ops.fused_loss`). Differentiable w.r.t. the model through the loss."""
+    from cipo_fast.ops.fused_loss import fused_group_loss
+
+    hidden, weight, _, mb = _head_inputs(model, mb, autocast_dtype)
+    cu = mb.cu_seqlens.tolist()
+    return fused_group_loss(
+        hidden,
+        weight,
+        mb.targets,
+        mb.loss_mask,
+        mb.seq_ids,
+        mb.num_seqs,
+        [(cu[a], cu[b]) for a, b in mb.group_seqs],
+        loss_of,
+        shared_ids=mb.shared_ids,
     )
 
 

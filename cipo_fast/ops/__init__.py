@@ -3,6 +3,10 @@
     logprobs.py      `sequence_logprobs` / `token_logprobs`: hidden states -> per-token log-probs and
                      per-sequence sums without `[tokens, vocab]` logits; the PyTorch reference (the spec),
                      the chunked CPU path and the autograd Function over the Triton kernels
+    fused_loss.py    `fused_group_loss`: the LM head, the log-probs and a loss that is a sum over groups of
+                     sequences (a DPO-family pair, one unlearning sequence) in one pass, its gradient
+                     computed while a chunk's logits are in memory: 3 GEMMs instead of 4, 2 with a frozen
+                     head (what the trainer runs with the chunked backend)
     kl.py            `token_kl`: KL(reference || policy) per token through both LM heads, chunked, for the
                      KL retain term
     kernel_check.py  compiles every Triton kernel variant for sm_80 / sm_86 / sm_90a / sm_100a without a

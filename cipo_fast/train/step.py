@@ -27,7 +27,14 @@ import torch
 
 from cipo_fast.data.formats import Pair, Single
 from cipo_fast.data.packing import collate, pack
-from cipo_fast.model.forward import micro_batch_kl, micro_batch_logps, supports_prefix_sharing
+from cipo_fast.model.forward import (
+    compute_device,
+    fuses_loss,
+    micro_batch_kl,
+    micro_batch_logps,
+    micro_batch_loss,
+    supports_prefix_sharing,
+)
 from cipo_fast.train import losses
 from cipo_fast.train.balance import share_step
 from cipo_fast.train.distributed import World, gather
@@ -114,15 +121,21 @@ def accumulate_step(
     if world is not None:
         mine = share_step(groups, retain_seqs, world.rank, world.size, cfg.token_budget, share)
         groups, retain_seqs = [groups[i] for i in mine.groups], [retain_seqs[i] for i in mine.retain]
+    fused = cfg.fused_loss and fuses_loss(model, cfg.backend)
+    device = compute_device(model)
     passes = 0
     for mb in pack(groups, cfg.token_budget, share_prefix=share):
-        logps = micro_batch_logps(model, mb, cfg.backend, autocast)
-        lengths = mb.lengths.to(logps.device, torch.float32)
-        refs = (
-            ref.get([s for gi in mb.groups for s in groups[gi]]).to(logps.device) if ref is not None else None
-        )
-        if kind == "pairwise":
-            c, r = mb.pairs[:, 0].to(logps.device), mb.pairs[:, 1].to(logps.device)
+        lengths = mb.lengths.to(device, torch.float32)
+        refs = ref.get([s for gi in mb.groups for s in groups[gi]]).to(device) if ref is not None else None
+        pairs = mb.pairs.to(device)
+
+        def per_group(logps, sel=None, lengths=lengths, refs=refs, pairs=pairs):
+            """Per-group losses of the micro-batch's groups `sel` (all if None), and what the stats need."""
+            if kind != "pairwise":
+                s = slice(None) if sel is None else sel
+                x = losses.SeqLogps(logps[s], refs[s] if refs is not None else None, lengths[s])
+                return loss_fn(x, params), None
+            c, r = (pairs[:, 0], pairs[:, 1]) if sel is None else (pairs[sel, 0], pairs[sel, 1])
             x = losses.PairLogps(
                 logps[c],
                 logps[r],
@@ -132,11 +145,27 @@ def accumulate_step(
                 lengths[r],
             )
             per, rc, rr = loss_fn(x, params)
+            nll = None
             if (
                 cfg.chosen_nll_weight
             ):  # RPO (Pang et al., 2024): + alpha * token-mean NLL of the chosen sequence
                 nll = -logps[c] / lengths[c]
                 per = per + cfg.chosen_nll_weight * nll
+            return per, (c, r, rc, rr, nll)
+
+        if fused:
+            part, logps = micro_batch_loss(
+                model, mb, lambda sel, lp: per_group(lp, sel)[0].sum() / n_groups, autocast
+            )
+            with torch.no_grad():
+                per, extra = per_group(logps)
+        else:
+            logps = micro_batch_logps(model, mb, cfg.backend, autocast)
+            per, extra = per_group(logps)
+            part = per.sum() / n_groups
+        if kind == "pairwise":
+            c, r, rc, rr, nll = extra
+            if nll is not None:
                 stats.add("loss/chosen_nll", nll)
             stats.add("logps/chosen", logps[c])
             stats.add("logps/rejected", logps[r])
@@ -145,11 +174,9 @@ def accumulate_step(
             stats.add("rewards/margins", rc - rr)
             stats.add("rewards/accuracies", (rc > rr).float())
         else:
-            per = loss_fn(losses.SeqLogps(logps, refs, lengths), params)
             stats.add("logps/policy", logps)
             if refs is not None:
                 stats.add("logps/reference", refs)
-        part = per.sum() / n_groups
         part.backward()
         passes += 1
         stats.loss += float(part.detach())
@@ -158,12 +185,23 @@ def accumulate_step(
     if kl and frozen is None:
         raise ValueError("the KL retain term needs the frozen reference (Policy.frozen)")
     for mb in pack([(s,) for s in retain_seqs], cfg.token_budget):
+        lengths = mb.lengths.to(device, torch.float32)
         if kl:
-            per = micro_batch_kl(model, frozen, mb, autocast)
+            per = micro_batch_kl(model, frozen, mb, autocast) / lengths  # token-mean KL per sequence
+            part = cfg.retain_weight * per.sum() / n_retain
+        elif fused:
+            part, logps = micro_batch_loss(
+                model,
+                mb,
+                lambda sel, lp, lengths=lengths: (
+                    cfg.retain_weight * (-lp[sel] / lengths[sel]).sum() / n_retain
+                ),
+                autocast,
+            )
+            per = -logps / lengths
         else:
-            per = -micro_batch_logps(model, mb, cfg.backend, autocast)
-        per = per / mb.lengths.to(per.device, torch.float32)  # token-mean NLL (or KL) per sequence
-        part = cfg.retain_weight * per.sum() / n_retain
+            per = -micro_batch_logps(model, mb, cfg.backend, autocast) / lengths  # token-mean NLL
+            part = cfg.retain_weight * per.sum() / n_retain
         part.backward()
         passes += 1
         stats.loss += float(part.detach())
