@@ -9,7 +9,7 @@ GEMM rate at the same shapes measured alone?
 Method: `cipo-fast train --method dpo` runs under `torch.profiler` (CPU activities, shapes recorded). The
 trainer marks each optimizer step with `record_function("cipo_fast.train_step")`; only ops inside those
 ranges are counted, the first step (warm-up) dropped. Each op's *self* time goes to the first category
-that matches on the way up its call stack: `_TokenLogprobs` (the fused LM head, forward or backward) >
+that matches on the way up its call stack: `_TokenLogprobs` or `_FusedGroupLoss` (the fused LM head, forward or backward; the loss inside it) >
 the optimizer > by op name (mm/addmm/bmm: GEMM -- "recompute" when it is a forward-style `aten::linear`
 called inside a backward node, which is what non-reentrant checkpointing does; scaled_dot_product:
 attention; copy/cat/index/...: data movement; everything else: elementwise). Profiling adds overhead; the shares matter more than the sum.
@@ -88,7 +88,7 @@ def categorize(event) -> str | None:
         n = parent.name
         if n == "cipo_fast.train_step":
             in_step = True
-        elif "_TokenLogprobs" in n:
+        elif "_TokenLogprobs" in n or "_FusedGroupLoss" in n:
             lm_head = True
         elif n.startswith("Optimizer.") or "clip_grad" in n or "_foreach_norm" in n:
             optimizer = True

@@ -73,7 +73,9 @@ def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, ne
         pieces = [(s, min(s + budget, r1)) for s in range(r0, r1, budget)]
         keep = len(pieces) == 1  # the chunk's logits stay in memory between the two halves
         lse = torch.empty(r1 - r0, dtype=h.dtype, device=h.device)
+        z = None
         for a, b in pieces:
+            z = None  # the previous piece's buffer goes before this one is allocated
             z = h[a:b] @ w.T  # GEMM 1
             zy = z.gather(1, y[a:b, None])[:, 0]
             zmax = z.amax(dim=1)
@@ -83,6 +85,8 @@ def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, ne
             logps.index_add_(0, seq_of[a:b], logp)
             if shared_of is not None:
                 logps.index_add_(0, shared_of[a:b], logp)
+        if not keep:
+            z = None  # the gradient sweep recomputes its own buffers
         with torch.enable_grad():
             lp = logps[:num_seqs].detach().requires_grad_()
             part = loss_of(torch.arange(g0, g1, device=h.device), lp)
@@ -97,16 +101,17 @@ def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, ne
             g = g_ext[seq_of[a:b]]
             if shared_of is not None:
                 g = g + g_ext[shared_of[a:b]]
-            if keep:
-                p = z.div_(sumexp[:, None])  # e / sum e = softmax(z)
-            else:
-                p = (h[a:b] @ w.T).sub_(lse[a - r0 : b - r0, None]).exp_()  # recomputed
-            dz = p.mul_(-g[:, None])
+            if keep:  # -g p = -g e / sum e, one pass over the buffer
+                dz = z.mul_((-g / sumexp)[:, None])
+            else:  # recomputed
+                dz = (h[a:b] @ w.T).sub_(lse[a - r0 : b - r0, None]).exp_().mul_(-g[:, None])
             dz[torch.arange(b - a, device=h.device), y[a:b]] += g
             if need_dh:
                 torch.mm(dz, w, out=dh[a:b])  # GEMM 2
             if need_dw:
                 dw.addmm_(dz.T, h[a:b])  # GEMM 3
+            dz = None
+        z = dz = None  # freed before the next chunk allocates its buffer
     return total, logps[:num_seqs], dh, dw
 
 

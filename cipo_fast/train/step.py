@@ -121,7 +121,8 @@ def accumulate_step(
     if world is not None:
         mine = share_step(groups, retain_seqs, world.rank, world.size, cfg.token_budget, share)
         groups, retain_seqs = [groups[i] for i in mine.groups], [retain_seqs[i] for i in mine.retain]
-    fused = cfg.fused_loss and fuses_loss(model, cfg.backend)
+    # one process only for now: under FSDP2 the sharded CiPO rounds stopped matching the one-process run
+    fused = cfg.fused_loss and world is None and fuses_loss(model, cfg.backend)
     device = compute_device(model)
     passes = 0
     for mb in pack(groups, cfg.token_budget, share_prefix=share):
