@@ -73,7 +73,6 @@ def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, ne
         pieces = [(s, min(s + budget, r1)) for s in range(r0, r1, budget)]
         keep = len(pieces) == 1  # the chunk's logits stay in memory between the two halves
         lse = torch.empty(r1 - r0, dtype=h.dtype, device=h.device)
-        z = None
         for a, b in pieces:
             z = None  # the previous piece's buffer goes before this one is allocated
             z = h[a:b] @ w.T  # GEMM 1
