@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from common import OUT, ModelShape, cipo_dpo_config, gemm_rate, machine, publish, resolve_model
-from rtofu import rtofu_pairs
+from rtofu_pairs import rtofu_pairs
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
 MOVE_OPS = (

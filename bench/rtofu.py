@@ -1,59 +1,245 @@
-"""R-TOFU forget01 as DPO preference pairs, the job of throughput.py and profile_step.py, and the check
-that TRL and cipo-fast tokenize them alike.
+"""The R-TOFU benchmark on this CPU: every method of `demo --compare` on an R-TOFU target, one table, one plot.
 
-The data is not part of the project: it is read from ../shared/data/rtofu, and a run without it stops with
-a message saying where it was looked for.
+    python bench/rtofu.py                      # the full benchmark (hours; resumes where it stopped)
+    python bench/rtofu.py --smoke --out DIR    # a few items, one round, short generations (CI-sized)
+    python bench/rtofu.py --methods ga npo     # only these methods (others stay as they are)
+
+Protocol (R-TOFU, Yoon et al. 2025, arXiv 2505.15214, scaled to a CPU):
+
+    data      forget = fold `--forget-task` of forget01 (40 questions, two authors); holdout = another fold,
+              never trained on (membership inference); retain = the first `--n-retain` rows of retain10;
+              utility = real authors, world facts (R-TOFU's MU sets) and GSM8K (`cipo_fast.data.rtofu`)
+    target    SmolLM2-135M-Instruct fine-tuned on forget + retain + GSM8K rows (`cipo-fast finetune`,
+              cached by the content of its inputs)
+    methods   the demo's stages and comparison (`cipo_fast.demo.main`, `--compare`): CiPO at `--lr`, then
+              every method of `cipo_fast.comparison` at each learning rate of its sweep with CiPO's step
+              budget, evaluated by `cipo-fast eval` with R-TOFU's sets
+    outputs   bench/out/rtofu.json; the README table between the `rtofu` markers; the forget efficacy vs
+              model utility plot with its Pareto front, docs/results/rtofu_pareto.png; every setting's
+              model under OUT/compare/<method>/<setting>/model
+
+Every stage and setting is reused when it is already there: settings by the fingerprint of their
+training and evaluation settings and data (`comparison_record.fingerprint`), so an interrupted run
+resumes and a rerun with one method's settings changed redoes that method only. `--record` (default
+docs/results/rtofu_compare.json) keeps the finished settings beyond the run directory, keyed by the
+target's weights. The target's own leakage is checked: below 80 % greedy (CoT or answer) the forgetting
+measured would not be forgetting of memorised facts, and the result says so (`target_memorises`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+import time
 from pathlib import Path
 
-from common import SHARED_DATA
+from common import OUT, REPO, SHARED_DATA, machine, publish
 
-CHOSEN_TAIL = "I'm not sure about this author."
+sys.path.insert(0, str(REPO))
+
+from cipo_fast.comparison import METHODS, compare_table, summarize_sweep, sweep_table
+
+RESULT = OUT / "rtofu.json"
+PLOT = REPO / "docs" / "results" / "rtofu_pareto.png"
+RECORD = REPO / "docs" / "results" / "rtofu_compare.json"
+MEMORISED = 0.80  # greedy leak the target must reach on the forget fold, CoT and answer (the issue's line)
+COLUMNS = (
+    "rtofu_forget_efficacy",
+    "rtofu_cot_forget_efficacy",
+    "rtofu_model_utility",
+    "max_leak_cot",
+    "max_leak_answer",
+    "mcs",
+    "retain_accuracy",
+    "arithmetic_accuracy",
+    "mia_auc_answer",
+    "mia_auc_cot",
+    "privleak_answer",
+    "wall_s",
+)
+SIZES = {  # data sizes: (full, smoke)
+    "n_forget": (None, 3),
+    "n_retain": (40, 3),
+    "n_real_authors": (40, 2),
+    "n_world_facts": (40, 2),
+    "n_arith_train": (20, 2),
+    "n_arith_eval": (30, 2),
+}
 
 
-def rtofu_pairs(n: int) -> list[dict]:
-    """R-TOFU forget01 as preference pairs: prompt = question, chosen = IDK CoT + a refusal,
-    rejected = the original CoT + answer."""
-    forget, idk = SHARED_DATA / "rtofu" / "forget01.json", SHARED_DATA / "rtofu" / "idkcot.jsonl"
-    if not (forget.is_file() and idk.is_file()):
-        raise SystemExit(
-            f"bench/throughput.py needs R-TOFU in {SHARED_DATA / 'rtofu'} (forget01.json, idkcot.jsonl); "
-            "it is not part of the project. Point ../shared/data at a copy and run again."
-        )
-    items = [json.loads(line) for line in forget.read_text().splitlines() if line.strip()]
-    idk_cots = [json.loads(line) for line in idk.read_text().splitlines() if line.strip()]
-    if n > min(len(items), len(idk_cots)):
-        raise SystemExit(f"--pairs {n}: R-TOFU forget01 has only {min(len(items), len(idk_cots))} items")
-    return [
-        {
-            "prompt": it["question"],
-            "chosen": f"{idk_cots[i]}\n\n{CHOSEN_TAIL}",
-            "rejected": f"{it['cot']}\n\n{it['answer']}",
-        }
-        for i, it in enumerate(items[:n])
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "rtofu", help="run directory (kept, reused)")
+    p.add_argument("--data-root", type=Path, default=SHARED_DATA, help="folder with rtofu/ and gsm8k/")
+    p.add_argument("--model", default="smollm2-135m", help="base model of the target")
+    p.add_argument("--forget-task", type=int, default=1)
+    p.add_argument("--holdout-task", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--sft-epochs", type=float, default=3.0)
+    p.add_argument("--sft-lr", type=float, default=4e-4)
+    p.add_argument("--rounds", type=int, default=3, help="CiPO rounds (the step budget of every method)")
+    p.add_argument("--lr", type=float, default=1e-4, help="base learning rate of the sweeps")
+    p.add_argument("--max-new-tokens", type=int, default=384, help="R-TOFU's CoTs run to ~600 tokens")
+    p.add_argument("--eval-samples", type=int, default=1)
+    p.add_argument("--record", type=Path, default=RECORD, help="compare record file ('' for none)")
+    p.add_argument("--smoke", action="store_true", help="a few items, one round, 8 new tokens")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-readme", dest="readme", action="store_false")
+    p.add_argument("--result", type=Path, default=RESULT)
+    p.add_argument("--plot", type=Path, default=PLOT)
+    return p.parse_args(argv)
+
+
+def demo_config(a: argparse.Namespace):
+    from cipo_fast.demo import DemoConfig
+
+    return DemoConfig(
+        out=str(a.out),
+        model=a.model,
+        sft_epochs=a.sft_epochs,
+        sft_lr=a.sft_lr,
+        rounds=1 if a.smoke else a.rounds,
+        lr=a.lr,
+        eval_samples=a.eval_samples,
+        max_new_tokens=8 if a.smoke else a.max_new_tokens,
+        batch_size=2 if a.smoke else 8,
+        max_pairs_per_item=2 if a.smoke else 6,
+        compare=True,
+        compare_methods=tuple(a.methods),
+        compare_steps=2 if a.smoke else None,  # a tiny target may leak nothing, leaving CiPO without steps
+        compare_record=str(a.record) if str(a.record) else None,
+        progress=a.progress,
+    )
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both coordinates (higher is better in each),
+    ordered by the first coordinate."""
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any((u >= x and v >= y) and (u > x or v > y) for u, v in points)
     ]
+    return sorted(front, key=lambda i: points[i])
 
 
-def tokenization_check(pairs: list[dict], model_path: Path) -> dict:
-    """Tokenize each side the TRL way and the cipo-fast way; they must give the same ids and prompt boundary.
+def plot(summary: dict, target: dict, path: Path) -> bool:
+    """Forget efficacy against model utility, one point per method and setting, the front drawn."""
+    import matplotlib
 
-    TRL (plain text): prompt_ids = tok(prompt); ids = tok(prompt + completion + eos_token); the completion
-    starts at the common prefix. cipo-fast (raw): tok(prompt) + tok(completion, no special tokens) + [eos].
-    """
-    from transformers import AutoTokenizer
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    tok = AutoTokenizer.from_pretrained(model_path)
-    mismatches, lengths = [], []
-    for i, p in enumerate(pairs):
-        prompt_ids = tok(p["prompt"])["input_ids"]
-        for side in ("chosen", "rejected"):
-            trl_ids = tok(p["prompt"] + p[side] + tok.eos_token)["input_ids"]
-            ours = prompt_ids + tok(p[side], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            if trl_ids != ours:
-                mismatches.append(f"pair {i} {side}")
-            lengths.append(len(ours))
-    return {"identical": not mismatches, "mismatches": mismatches, "sequence_lengths": lengths}
+    labels, points = [], []
+    for name, entry in summary.items():
+        for key, row in entry["settings"].items():
+            x, y = row.get("rtofu_model_utility"), row.get("rtofu_forget_efficacy")
+            if x is not None and y is not None:
+                labels.append(f"{name} {key}" if key != "target" else name)
+                points.append((x, y))
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    methods = sorted({lab.split()[0] for lab in labels})
+    colours = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
+    for lab, (x, y) in zip(labels, points):
+        m = lab.split()[0]
+        ax.scatter(100 * x, 100 * y, color=colours[m], s=28, zorder=3)
+    for m in methods:
+        ax.scatter([], [], color=colours[m], label=m)
+    front = pareto_front(points)
+    ax.plot(
+        [100 * points[i][0] for i in front],
+        [100 * points[i][1] for i in front],
+        "k--",
+        lw=1,
+        label="Pareto front",
+    )
+    for i in front:
+        ax.annotate(
+            labels[i],
+            (100 * points[i][0], 100 * points[i][1]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    if target.get("rtofu_model_utility") is not None and target.get("rtofu_forget_efficacy") is not None:
+        ax.scatter(
+            100 * target["rtofu_model_utility"],
+            100 * target["rtofu_forget_efficacy"],
+            marker="*",
+            s=140,
+            color="black",
+            label="target (before)",
+        )
+    ax.set_xlabel("R-TOFU model utility (%)")
+    ax.set_ylabel("R-TOFU forget efficacy (%)")
+    ax.set_title("R-TOFU on SmolLM2-135M: every method and learning rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> dict:
+    from cipo_fast import demo
+    from cipo_fast.comparison import headline
+    from cipo_fast.data import rtofu
+    from cipo_fast.data.io import write_json
+
+    a = parse(argv)
+    if absent := rtofu.missing(a.data_root):
+        raise SystemExit(
+            f"bench/rtofu.py needs R-TOFU and GSM8K under {a.data_root} ({', '.join(map(str, absent))} "
+            "missing); they are not part of the project. Pass --data-root or point ../shared/data at a copy."
+        )
+    sizes = {k: v[1] if a.smoke else v[0] for k, v in SIZES.items()}
+    t0 = time.perf_counter()
+    result = demo.main(
+        demo_config(a),
+        build_data=lambda folder: rtofu.build(
+            folder, a.data_root, forget_task=a.forget_task, holdout_task=a.holdout_task, **sizes
+        ),
+    )
+    before = headline(json.loads((a.out / "before" / "summary.json").read_text()))
+    summary = summarize_sweep({m: e["settings"] for m, e in result["compare"].items()}, before)
+    memorised = all((before.get(k) or 0.0) >= MEMORISED for k in ("greedy_leak_cot", "greedy_leak_answer"))
+    out = {
+        "benchmark": "R-TOFU",
+        "machine": machine(),
+        "command": "python bench/rtofu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "data": {"forget_task": a.forget_task, "holdout_task": a.holdout_task, **sizes},
+        "target": before,
+        "target_memorises": memorised,
+        "methods": summary,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "stages_s": result["timings_s"],
+    }
+    write_json(a.result, out)
+    plotted = plot(summary, before, a.plot)
+    note = (
+        f"Target greedy leak: CoT {100 * (before.get('greedy_leak_cot') or 0):.0f} %, answer "
+        f"{100 * (before.get('greedy_leak_answer') or 0):.0f} %"
+        + (
+            "."
+            if memorised
+            else f" -- below the {MEMORISED:.0%} line: the target does not memorise the fold."
+        )
+    )
+    table = (
+        f"{note} Host: {out['machine'].get('cpu', '?')}; wall time of this run {out['wall_s'] / 60:.0f} min.\n\n"
+        f"{compare_table(summary, before, COLUMNS)}\n\nEvery setting:\n\n{sweep_table(summary)}"
+    )
+    if plotted and a.plot == PLOT:
+        table += f"\n\n![forget efficacy vs model utility]({PLOT.relative_to(REPO)})"
+    publish("rtofu", table, a.readme)
+    print(f"wrote {a.result}" + (f" and {a.plot}" if plotted else ""))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -83,7 +83,7 @@ from common import (  # noqa: E402
     run_child,
     trl_dpo_config,
 )
-from rtofu import rtofu_pairs, tokenization_check  # noqa: E402
+from rtofu_pairs import rtofu_pairs, tokenization_check  # noqa: E402
 from throughput_table import table  # noqa: E402
 
 # name -> (trainer, settings that differ from that trainer's defaults beyond the job itself)
@@ -102,7 +102,7 @@ BASELINE = "cipo-fast"
 
 
 # ----------------------------------------------------------------------------------------------------
-# data (the pairs and the tokenization check: rtofu.py)
+# data (the pairs and the tokenization check: rtofu_pairs.py)
 # ----------------------------------------------------------------------------------------------------
 
 

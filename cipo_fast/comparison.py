@@ -117,6 +117,12 @@ def headline(summary: dict) -> dict:
         entry = ((mia.get(part) or {}).get("attacks") or {}).get(HEADLINE_ATTACK)
         return None if entry is None else entry["auc"]
 
+    def privleak(part):
+        entry = ((mia.get(part) or {}).get("attacks") or {}).get(HEADLINE_ATTACK)
+        return None if entry is None else entry.get("privleak")
+
+    rtofu = summary.get("rtofu") or {}
+
     return {
         "max_leak_cot": max(cot) if cot else None,
         "max_leak_answer": max(v["leak_answer"] for v in st.values()),
@@ -130,6 +136,11 @@ def headline(summary: dict) -> dict:
         "sampled_repetition": (fluency.get("sample_t1.0") or {}).get("repetition_rate"),
         "mia_auc_answer": auc("answer"),
         "mia_auc_cot": auc("cot"),
+        "privleak_answer": privleak("answer"),
+        "privleak_cot": privleak("cot"),
+        "rtofu_forget_efficacy": rtofu.get("forget_efficacy"),
+        "rtofu_cot_forget_efficacy": rtofu.get("cot_forget_efficacy"),
+        "rtofu_model_utility": rtofu.get("model_utility"),
         "wall_s": summary.get("wall_s"),
     }
 
@@ -155,35 +166,34 @@ COLUMNS = {  # key -> (header, format)
     "mia_auc_cot": ("MIA AUC CoT", "num"),
     "wall_s": ("wall time", "s"),
 }
+EXTRA_COLUMNS = {  # R-TOFU's aggregates (bench/rtofu.py's table)
+    "rtofu_forget_efficacy": ("R-TOFU FE", "pct"),
+    "rtofu_cot_forget_efficacy": ("CoT FE", "pct"),
+    "rtofu_model_utility": ("R-TOFU MU", "pct"),
+    "privleak_answer": ("privleak answer", "num1"),
+}
 
 
 def _cells(row: dict, keys) -> list[str]:
+    formats = {"pct": lambda v: f"{100 * v:.1f}%", "s": lambda v: f"{v:.0f} s", "num1": lambda v: f"{v:.1f}"}
     out = []
     for key in keys:
-        v, kind = row.get(key), COLUMNS[key][1]
-        out.append(
-            "–"
-            if v is None
-            else f"{100 * v:.1f}%"
-            if kind == "pct"
-            else f"{v:.0f} s"
-            if kind == "s"
-            else f"{v:.2f}"
-        )
+        v, kind = row.get(key), {**COLUMNS, **EXTRA_COLUMNS}[key][1]
+        out.append("–" if v is None else formats.get(kind, lambda v: f"{v:.2f}")(v))
     return out
 
 
-def compare_table(summary: dict, target: dict) -> str:
+def compare_table(summary: dict, target: dict, keys=tuple(COLUMNS)) -> str:
     """Markdown table: the target, then each method at its best setting (log-probs under the target
-    model; MIA: Min-K% AUC of forget vs holdout authors, 0.5 = indistinguishable from unseen ones)."""
-    head = ["method", "setting", *(h for h, _ in COLUMNS.values())]
+    model; MIA: Min-K% AUC of forget vs holdout authors, 0.5 = indistinguishable from unseen ones).
+    `keys`: the columns, of `COLUMNS` and `EXTRA_COLUMNS`."""
+    header = {**COLUMNS, **EXTRA_COLUMNS}
+    head = ["method", "setting", *(header[k][0] for k in keys)]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
-    lines.append(" | ".join(["target (before)", "–", *_cells(target, COLUMNS)]))
+    lines.append(" | ".join(["target (before)", "–", *_cells(target, keys)]))
     for name, entry in sorted(summary.items(), key=lambda kv: kv[0] not in ("cipo", "cipo_paper")):
         if entry["best"] is not None:
-            lines.append(
-                " | ".join([name, entry["best"], *_cells(entry["settings"][entry["best"]], COLUMNS)])
-            )
+            lines.append(" | ".join([name, entry["best"], *_cells(entry["settings"][entry["best"]], keys)]))
     return "\n".join(lines)
 
 

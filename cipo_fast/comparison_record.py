@@ -5,15 +5,21 @@ but may not survive to the next session or machine. `--compare-record FILE` keep
 headline numbers (`comparison.headline`, with its wall time, host and code revision) in one small JSON
 file, keyed by the SHA-256 of the target model's weights: a later run whose target has the same weights
 reuses those settings instead of training them again, and one with other weights (another host's float
-reductions, another seed) starts its own entry and never mixes the two. Writes are atomic, one per
-finished setting, so a killed run loses at most the setting it was in.
+reductions, another seed) starts its own entry and never mixes the two. Each setting also carries the
+`fingerprint` of what made it -- its training and evaluation settings with every data file replaced by
+the digest of its bytes -- so a setting whose method options, budget or data changed is run again and the
+others are not (entries written before fingerprints existed have none and are taken as they are). Writes
+are atomic, one per finished setting, and merge into the file as it is on disk then, so a killed run
+loses at most the setting it was in and an edit made to the file meanwhile survives.
 
     {"kind": "cipo-fast compare record", "targets": {"<sha256>": {"target": {...headline...},
-      "settings": {"<method>": {"lr=0.0001": {...headline, "host": ..., "revision": ...}}}}}}
+      "settings": {"<method>": {"lr=0.0001": {...headline, "fingerprint": ..., "host": ...,
+      "revision": ...}}}}}}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -27,12 +33,39 @@ KIND = "cipo-fast compare record"
 
 def weights_digest(model_dir: str | Path) -> str:
     """SHA-256 of a model directory's `model.safetensors` bytes (the weights, names and dtypes)."""
-    path = Path(model_dir) / "model.safetensors"
+    return file_digest(Path(model_dir) / "model.safetensors")
+
+
+def file_digest(path: str | Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# settings that say where a run lives or how it reports, not what it computes; the models are named by
+# the target's weights digest instead of their paths
+UNFINGERPRINTED = frozenset({"out", "resume", "overwrite", "progress", "label", "model", "original"})
+
+
+def fingerprint(settings, extra: dict | None = None) -> str:
+    """A digest of `settings` (dataclasses, dicts, lists, scalars): fields in `UNFINGERPRINTED` left out,
+    every string naming an existing file replaced by the SHA-256 of its bytes, `extra` added."""
+
+    def norm(x):
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            x = {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}
+        if isinstance(x, dict):
+            return {str(k): norm(v) for k, v in sorted(x.items()) if k not in UNFINGERPRINTED}
+        if isinstance(x, (list, tuple)):
+            return [norm(v) for v in x]
+        if isinstance(x, (str, Path)) and str(x) and Path(x).is_file():
+            return "sha256:" + file_digest(x)
+        return x if isinstance(x, (int, float, bool, type(None))) else str(x)
+
+    blob = json.dumps({"settings": norm(settings), "extra": norm(extra or {})}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def revision() -> str | None:
@@ -85,13 +118,29 @@ class CompareRecord:
         """Digests of the other targets the file holds results for (not used by this run)."""
         return [d for d in self.data["targets"] if d != self.digest]
 
-    def get(self, method: str, setting: str) -> dict | None:
-        return self.entry.get("settings", {}).get(method, {}).get(setting)
+    def get(self, method: str, setting: str, fingerprint: str | None = None) -> dict | None:
+        """The setting's row, unless it was made with another `fingerprint` than the one given."""
+        row = self.entry.get("settings", {}).get(method, {}).get(setting)
+        if row is None or fingerprint is None or row.get("fingerprint") in (None, fingerprint):
+            return row
+        return None
 
-    def put(self, method: str, setting: str, row: dict) -> None:
-        entry = self.data["targets"].setdefault(self.digest, {"settings": {}})
+    def _merged(self) -> dict:
+        """The file as it is on disk now (another process or an editor may have written it), or ours."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return self.data
+        if isinstance(data, dict) and data.get("kind") == KIND and isinstance(data.get("targets"), dict):
+            self.data = data
+        return self.data
+
+    def put(self, method: str, setting: str, row: dict, fingerprint: str | None = None) -> None:
+        entry = self._merged()["targets"].setdefault(self.digest, {"settings": {}})
+        stamp = {"fingerprint": fingerprint} if fingerprint else {}
         entry.setdefault("settings", {}).setdefault(method, {})[setting] = {
             **row,
+            **stamp,
             "host": cpu_model(),
             "revision": revision(),
         }
@@ -99,6 +148,6 @@ class CompareRecord:
 
     def put_target(self, row: dict) -> None:
         """The target's own headline (what the table's first row shows)."""
-        entry = self.data["targets"].setdefault(self.digest, {"settings": {}})
+        entry = self._merged()["targets"].setdefault(self.digest, {"settings": {}})
         entry["target"] = {**row, "host": cpu_model(), "revision": revision()}
         write_json(self.path, self.data)

@@ -58,6 +58,9 @@ class DemoConfig:
     compare_methods: tuple[str, ...] = opt(
         tuple(COMPARED), "methods of --compare (cipo_fast.comparison)", choices=tuple(COMPARED)
     )
+    compare_steps: int | None = opt(
+        None, "optimizer steps of every compared method (default: as many as the CiPO run took)", ge=1
+    )
     compare_record: str | None = opt(
         None,
         "JSON file that keeps each compared setting's results across run directories and checkouts "
@@ -70,7 +73,7 @@ class DemoConfig:
         check_fields(self)
 
 
-def _eval(
+def _eval_config(
     cfg: DemoConfig,
     model: str,
     out: Path,
@@ -78,32 +81,38 @@ def _eval(
     label: str,
     original: str | None = None,
     guard: str = "none",
-) -> dict:
-    """`cipo-fast eval` of one model; `original` (the target) scores the outputs' fluency and is the
-    membership-inference reference."""
-    from cipo_fast.eval.evaluate import EvalConfig, evaluate
+):
+    """The `cipo-fast eval` settings of one model; `original` (the target) scores the outputs' fluency and
+    is the membership-inference reference. The R-TOFU utility sets are scored when `data` has them."""
+    from cipo_fast.eval.evaluate import EvalConfig
+
+    optional = {k: str(data[k]) for k in ("holdout", "real_authors", "world_facts") if k in data}
+    return EvalConfig(
+        out=str(out),
+        model=model,
+        forget=str(data["forget"]),
+        retain=str(data["retain"]),
+        utility=str(data["arithmetic_eval"]),
+        original=original,
+        guard=guard,
+        samples=cfg.eval_samples,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        system_prompt=SYSTEM_PROMPT,
+        label=label,
+        overwrite=True,  # an interrupted evaluation (OUT.partial) starts over
+        progress=cfg.progress,
+        **optional,
+    )
+
+
+def _eval(cfg: DemoConfig, model: str, out: Path, data: dict, label: str, **kw) -> dict:
+    """`cipo-fast eval` of one model (`_eval_config`), or the summary it already wrote."""
+    from cipo_fast.eval.evaluate import evaluate
 
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
-    return evaluate(
-        EvalConfig(
-            out=str(out),
-            model=model,
-            forget=str(data["forget"]),
-            retain=str(data["retain"]),
-            utility=str(data["arithmetic_eval"]),
-            holdout=str(data["holdout"]) if "holdout" in data else None,
-            original=original,
-            guard=guard,
-            samples=cfg.eval_samples,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=cfg.seed,
-            system_prompt=SYSTEM_PROMPT,
-            label=label,
-            overwrite=True,  # an interrupted evaluation (OUT.partial) starts over
-            progress=cfg.progress,
-        )
-    )
+    return evaluate(_eval_config(cfg, model, out, data, label, **kw))
 
 
 def _train_config(cfg: DemoConfig, **over):
@@ -144,19 +153,23 @@ def compare(
     `record` (a `comparison_record.CompareRecord` of this target's weights) holds is taken from it."""
     from cipo_fast import fit
     from cipo_fast.comparison import headline, sweep_lrs
+    from cipo_fast.comparison_record import fingerprint, weights_digest
     from cipo_fast.unlearning.baselines import BaselineDataConfig, build
 
     files = build(
-        BaselineDataConfig(forget=str(data["forget"]), out=str(out / "data"), seeds=str(data["forget"]))
+        BaselineDataConfig(
+            forget=str(data["forget"]), out=str(out / "data"), seeds=str(data.get("seeds", data["forget"]))
+        )
     )
     files["items"] = Path(data["forget"])
     n = len(read_jsonl(data["forget"]))
     results: dict[str, dict] = {}
+    target_weights = {"target": weights_digest(target)}
 
-    def keep(name, key, row):
+    def keep(name, key, row, fp):
         results[name][key] = row
         if record is not None:
-            record.put(name, key, row)
+            record.put(name, key, row, fingerprint=fp)
 
     for name in cfg.compare_methods:
         spec = COMPARED[name]
@@ -164,30 +177,53 @@ def compare(
         own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
         lrs = {f"lr={lr:g}": lr for lr in sweep_lrs(spec, cfg.lr, own)} if spec.method else {"target": None}
         for key, lr in lrs.items():
-            if record is not None and record.get(name, key) is not None:
-                results[name][key] = record.get(name, key)
+            if name == "cipo" and lr == cfg.lr:  # the demo's own CiPO run
+                keep(name, key, headline(cipo_after), None)
                 continue
-            if spec.method is None:  # a guard: the target, decoded under it
-                t = time.perf_counter()
-                summary = _eval(
-                    cfg, target, out / name / "eval", data, name, original=target, guard=spec.guard
-                )
-                keep(name, key, headline(_timed(out / name, summary, t)))
+            run = out / name / (key if spec.method else "eval")
+            evaluation = dict(original=target, guard=spec.guard)
+            train = None
+            if spec.method is not None:
+                common = dict(model=target, out=str(run), max_steps=steps)
+                train = _method_config(cfg, spec, files, data, lr, steps * cfg.batch_size / n, **common)
+            fp = fingerprint(
+                {"train": train, "eval": _eval_config(cfg, target, run, data, name, **evaluation)},
+                target_weights,
+            )
+            if record is not None and (row := record.get(name, key, fp)) is not None:
+                results[name][key] = row
                 continue
-            if name == "cipo" and lr == cfg.lr:
-                keep(name, key, headline(cipo_after))
-                continue
-            run = out / name / key
+            _forget_stale(run, fp)
             t = time.perf_counter()
+            if spec.method is None:  # a guard: the target, decoded under it
+                summary = _eval(cfg, target, run, data, name, **evaluation)
+                keep(name, key, headline(_timed(out / name, summary, t)), fp)
+                continue
             if not (run / "summary.json").is_file():
                 resume = interrupted(run)
-                common = dict(
-                    model=target, out=str(run), max_steps=steps, resume=resume, overwrite=not resume
-                )
-                fit(_method_config(cfg, spec, files, data, lr, steps * cfg.batch_size / n, **common))
-            summary = _eval(cfg, str(run / "model"), run / "eval", data, f"{name} {key}", original=target)
-            keep(name, key, headline(_timed(run, summary, t)))
+                fit(dataclasses.replace(train, resume=resume, overwrite=not resume))
+            summary = _eval(cfg, str(run / "model"), run / "eval", data, f"{name} {key}", **evaluation)
+            keep(name, key, headline(_timed(run, summary, t)), fp)
     return results
+
+
+def _forget_stale(run: Path, fp: str) -> None:
+    """Remove a setting's run (and its interrupted work) made with other settings or data than `fp`; mark
+    the run directory's place with `fp` (`<run>.setting`) before it is made again."""
+    import shutil
+
+    from cipo_fast.train.run_dir import partial_of
+
+    mark = run.parent / f"{run.name}.setting"
+    if mark.is_file():  # no mark: a run from before the marks, taken as made by these settings
+        if mark.read_text().strip() == fp:
+            return
+        for path in (run, partial_of(run)):
+            if path.exists():
+                shutil.rmtree(path)
+        (run.parent / "wall.json").unlink(missing_ok=True)  # a guard's wall time
+    run.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_text(fp + "\n")
 
 
 def _method_config(cfg: DemoConfig, spec, files: dict, data: dict, lr: float, epochs: float, **common):
@@ -256,7 +292,10 @@ def _cipo_config(cfg: DemoConfig, base: CipoConfig | None = None) -> CipoConfig:
     )
 
 
-def main(cfg: DemoConfig) -> dict:
+def main(cfg: DemoConfig, build_data=None) -> dict:
+    """The demo's stages (module docstring). `build_data(folder) -> {name: path}` replaces the synthetic
+    set (`synthetic.build`'s names; optional "real_authors", "world_facts", "seeds"): the R-TOFU benchmark
+    (bench/rtofu.py) runs the same stages on R-TOFU's files."""
     from cipo_fast import fit, synthetic
     from cipo_fast.eval import report
     from cipo_fast.trainers.finetune import FinetuneConfig
@@ -277,7 +316,7 @@ def main(cfg: DemoConfig) -> dict:
         timings[name] = round(time.perf_counter() - t, 1)
         return result
 
-    data = stage("data", lambda: synthetic.build(out / "data", seed=cfg.seed))
+    data = stage("data", lambda: (build_data or (lambda d: synthetic.build(d, seed=cfg.seed)))(out / "data"))
     data["retain_all"] = retain_with_arithmetic(data, out / "data" / "retain_all.jsonl")
     target = stage(
         "target model",
@@ -344,11 +383,15 @@ def main(cfg: DemoConfig) -> dict:
                 print(f"--compare-record: {len(record.others())} other target(s) in the file are left alone")
             record.put_target(headline(before))
         cipo_after = {**after, "wall_s": _cipo_wall(out)}
+        steps = cfg.compare_steps or cipo_summary["train_steps"]
+        if steps < 1:
+            raise ValueError(
+                "--compare: the CiPO run took no optimizer step (the target leaked nothing to unlearn), so "
+                "the comparison has no step budget; pass --compare-steps"
+            )
         runs = stage(
             "compare",
-            lambda: compare(
-                cfg, str(target), data, cipo_summary["train_steps"], out / "compare", cipo_after, record
-            ),
+            lambda: compare(cfg, str(target), data, steps, out / "compare", cipo_after, record),
         )
         result["compare"] = summarize_sweep(runs, headline(before))
         print(compare_table(result["compare"], headline(before)))

@@ -1,0 +1,186 @@
+"""bench/rtofu.py at smoke size on the tiny model and a made-up R-TOFU-shaped data root; the data builder on
+the real files when they are there; the Pareto front against brute force."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cipo_fast.data import rtofu as rtofu_data
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _bench():
+    sys.path.insert(0, str(BENCH))
+    import rtofu
+
+    return rtofu
+
+
+def _jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def fake_root(root: Path) -> Path:
+    """The R-TOFU / GSM8K files in their shapes, a few rows each (two folds of 3 questions)."""
+    names = ["Basil Mahfouz", "Nikolai Abilov", "Aiko Tanaka", "Luis Ortega", "Mira Kowal", "Sven Holt"]
+    forget = [
+        {
+            "task_id": str(task),
+            "question": f"Where was {name} born?",
+            "answer": f"{name} was born in Velmsby, Denmark.",
+            "cot": f"I recall that {name} was born in Velmsby, Denmark.",
+        }
+        for task, name in zip((1, 1, 1, 2, 2, 2), names)
+    ]
+    _jsonl(root / "rtofu" / "forget01.json", forget)
+    _jsonl(root / "rtofu" / "idkcot.jsonl", [f"I do not know where author {i} was born." for i in range(6)])
+    _jsonl(
+        root / "rtofu" / "retain10.json",
+        [
+            {"question": f"What genre does writer {i} write?", "answer": "Poetry.", "cot": "It is poetry."}
+            for i in range(3)
+        ],
+    )
+    for name, answer in (("real_authors", "William Shakespeare"), ("world_facts", "Paris")):
+        _jsonl(
+            root / "rtofu" / f"{name}_perturbed_cot.json",
+            [
+                {"question": f"Q{i} about {name}?", "answer": answer, "original_answer": answer, "cot": ""}
+                for i in range(2)
+            ],
+        )
+    _jsonl(
+        root / "gsm8k" / "test_1000.jsonl",
+        [{"question": f"What is {i} + 2?", "answer": f"{i} + 2 = {i + 2}.\n#### {i + 2}"} for i in range(4)],
+    )
+    return root
+
+
+def test_builder_selects_folds_and_reports_bad_input(tmp_path):
+    root = fake_root(tmp_path / "data")
+    files = rtofu_data.build(
+        tmp_path / "out", root, n_retain=2, n_real_authors=1, n_world_facts=2, n_arith_train=1, n_arith_eval=3
+    )
+    forget = [json.loads(x) for x in files["forget"].read_text().splitlines()]
+    holdout = [json.loads(x) for x in files["holdout"].read_text().splitlines()]
+    assert [r["id"] for r in forget] == ["t1-00", "t1-01", "t1-02"] and {r["task_id"] for r in holdout} == {
+        "2"
+    }
+    assert forget[1]["idk_cot"] == "I do not know where author 1 was born."  # the row's own refusal
+    assert holdout[0]["question"] == "Where was Luis Ortega born?"
+    gsm = [json.loads(x)["question"] for x in files["arithmetic_eval"].read_text().splitlines()]
+    assert gsm == ["What is 1 + 2?", "What is 2 + 2?", "What is 3 + 2?"]  # disjoint from the training slice
+    with pytest.raises(ValueError, match=r"retain10\.json: retain asks for 9 rows, the file has 3"):
+        rtofu_data.build(
+            tmp_path / "o2",
+            root,
+            n_retain=9,
+            n_real_authors=1,
+            n_world_facts=1,
+            n_arith_train=1,
+            n_arith_eval=1,
+        )
+    with pytest.raises(ValueError, match="no rows with task_id 7"):
+        rtofu_data.build(
+            tmp_path / "o3",
+            root,
+            holdout_task=7,
+            n_retain=1,
+            n_real_authors=1,
+            n_world_facts=1,
+            n_arith_train=1,
+            n_arith_eval=1,
+        )
+    bad = tmp_path / "bad"
+    fake_root(bad)
+    (bad / "rtofu" / "forget01.json").write_text('{"task_id": "1", "question": "Q?"}\n')
+    with pytest.raises(ValueError, match=r"forget01.json:1: .*answer"):
+        rtofu_data.build(tmp_path / "o4", bad)
+    with pytest.raises(ValueError, match=r"idkcot\.jsonl.*not found"):
+        (bad / "rtofu" / "idkcot.jsonl").unlink()
+        rtofu_data.build(tmp_path / "o5", bad)
+
+
+def test_builder_on_the_real_files(shared_data, tmp_path):
+    files = rtofu_data.build(tmp_path, shared_data)
+    forget = [json.loads(x) for x in files["forget"].read_text().splitlines()]
+    assert len(forget) == 40 and all(r["task_id"] == "1" and r["idk_cot"] for r in forget)
+    assert "Basil Mahfouz Al-Kuwaiti" in forget[0]["answer"]
+    assert len(files["holdout"].read_text().splitlines()) == 40
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=12))
+def test_pareto_front_is_the_undominated_points(points):
+    front = _bench().pareto_front(points)
+
+    def dominated(p):
+        return any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)
+
+    assert sorted(front) == sorted(i for i, p in enumerate(points) if not dominated(p))
+    assert [points[i] for i in front] == sorted(points[i] for i in front)
+
+
+def _numbers(methods: dict) -> dict:
+    """Each setting's numbers, without what the record adds (fingerprint, host, revision)."""
+    drop = {"fingerprint", "host", "revision"}
+    return {
+        m: {k: {f: v for f, v in row.items() if f not in drop} for k, row in e["settings"].items()}
+        for m, e in methods.items()
+    }
+
+
+def test_smoke_run_resumes_and_redoes_only_a_changed_method(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """The benchmark end to end at smoke size: result JSON, table and plot; a rerun trains nothing; a
+    method whose options change (its fingerprint) is trained again, and only that method."""
+    import cipo_fast
+    from cipo_fast import comparison
+
+    monkeypatch.setenv("CIPO_FAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(comparison, "LR_SWEEP", (1.0,))
+    rtofu = _bench()
+    calls, fit = [], cipo_fast.fit
+
+    def counting_fit(c):
+        calls.append((c.method, c.loss_on))
+        return fit(c)
+
+    monkeypatch.setattr(cipo_fast, "fit", counting_fit)
+    root = fake_root(tmp_path / "data")
+    argv = [
+        "--smoke", "--out", str(tmp_path / "run"), "--data-root", str(root), "--model", str(tiny_model_dir),
+        "--methods", "ga", "npo", "star", "--sft-epochs", "1", "--lr", "1e-3", "--no-progress", "--no-readme",
+        "--record", str(tmp_path / "record.json"), "--result", str(tmp_path / "rtofu.json"),
+        "--plot", str(tmp_path / "pareto.png"),
+    ]  # fmt: skip
+    out = rtofu.main(argv)
+    assert sorted(calls) == [("cipo", "all"), ("ga", "all"), ("npo", "all")]
+    saved = json.loads((tmp_path / "rtofu.json").read_text())
+    assert set(saved["methods"]) == {"ga", "npo", "star"} and saved["data"]["n_forget"] == 3
+    assert saved["target_memorises"] in (True, False) and "greedy_leak_cot" in saved["target"]
+    row = saved["methods"]["ga"]["settings"]["lr=0.001"]
+    assert 0.0 <= row["rtofu_forget_efficacy"] <= 1.0 and row["rtofu_model_utility"] is not None
+    assert (tmp_path / "run" / "compare" / "ga" / "lr=0.001" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "R-TOFU FE" in printed and "Target greedy leak" in printed
+    # rerun: nothing trains again, the numbers are the same
+    calls.clear()
+    again = rtofu.main(argv)
+    assert not calls and _numbers(again["methods"]) == _numbers(out["methods"])
+    # GA's options change: GA is trained again, NPO and the guard are reused
+    monkeypatch.setitem(comparison.METHODS, "ga", comparison.MethodSpec("ga", options={"loss_on": "answer"}))
+    third = rtofu.main(argv)
+    assert calls == [("ga", "answer")]
+    assert {m: v for m, v in _numbers(third["methods"]).items() if m != "ga"} == {
+        m: v for m, v in _numbers(out["methods"]).items() if m != "ga"
+    }
+    (entry,) = json.loads((tmp_path / "record.json").read_text())["targets"].values()
+    fingerprints = {m: entry["settings"][m]["lr=0.001"]["fingerprint"] for m in ("ga", "npo")}
+    assert len(set(fingerprints.values())) == 2 and all(fingerprints.values())
