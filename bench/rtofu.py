@@ -75,6 +75,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m", help="base model of the target")
     p.add_argument("--forget-task", type=int, default=1)
     p.add_argument("--holdout-task", type=int, default=2)
+    p.add_argument(
+        "--rephrased",
+        default="auto",
+        help="file of {question, paraphrased_question} to ask the forget fold in other words; auto: "
+        "R-TOFU's perturbed dev split when it holds the forget fold (folds 6-10); '' for none",
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--sft-epochs", type=float, default=3.0)
     p.add_argument("--sft-lr", type=float, default=4e-4)
@@ -198,11 +204,20 @@ def main(argv=None) -> dict:
             "missing); they are not part of the project. Pass --data-root or point ../shared/data at a copy."
         )
     sizes = {k: v[1] if a.smoke else v[0] for k, v in SIZES.items()}
+    rephrased = a.rephrased or None
+    if rephrased == "auto":
+        dev = a.data_root / rtofu.PARAPHRASES
+        rephrased = dev if dev.is_file() and 6 <= a.forget_task <= 10 else None
     t0 = time.perf_counter()
     result = demo.main(
         demo_config(a),
         build_data=lambda folder: rtofu.build(
-            folder, a.data_root, forget_task=a.forget_task, holdout_task=a.holdout_task, **sizes
+            folder,
+            a.data_root,
+            forget_task=a.forget_task,
+            holdout_task=a.holdout_task,
+            rephrased=rephrased,
+            **sizes,
         ),
     )
     before = headline(json.loads((a.out / "before" / "summary.json").read_text()))
@@ -218,6 +233,7 @@ def main(argv=None) -> dict:
         "methods": summary,
         "wall_s": round(time.perf_counter() - t0, 1),
         "stages_s": result["timings_s"],
+        "unseen_phrasings": result.get("unseen_phrasings"),  # target and CiPO, with --rephrased
     }
     write_json(a.result, out)
     plotted = plot(summary, before, a.plot)

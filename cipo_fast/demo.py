@@ -5,12 +5,15 @@
     before    evaluation of the target: leakage under every decoding strategy, retain / arithmetic accuracy
     cipo      CiPO rounds on the forget authors, retain NLL on the others
     after     the same evaluation of the unlearned model
+    unseen    target and unlearned model asked the forget facts in the question templates never trained on
+              (`cipo_fast.eval.other_questions`): forgetting beyond the training prompts
     report    runs/demo/report.html (before vs after), runs/demo/{before,after}/summary.json
 
 With `--compare`, every method of `cipo_fast.comparison` (CiPO as published, R-TOFU's GA / IDK grid, NPO,
 the IDK DPO forms, TRU, R²MU, the STaR and GUARD guards) trains on the same target with the same retain set,
 batch size and number of optimizer steps as CiPO used, at each learning rate of its sweep, and is
-evaluated the same way; the best setting of each method is reported with the sweep beside it.
+evaluated the same way; the best setting of each method is reported with the sweep beside it
+(`--compare-at METHOD=LR` runs only that setting of a method: bench/seeds.py repeats the best ones).
 
 Every stage writes its outputs atomically and is skipped when they already exist, so an interrupted demo
 continues where it stopped (CiPO itself resumes at its last round boundary).
@@ -61,6 +64,11 @@ class DemoConfig:
     compare_steps: int | None = opt(
         None, "optimizer steps of every compared method (default: as many as the CiPO run took)", ge=1
     )
+    compare_at: tuple[str, ...] = opt(
+        (),
+        "only these settings of --compare's methods, METHOD=LR each (e.g. ga=0.0003); a method not named "
+        "runs its whole sweep",
+    )
     compare_record: str | None = opt(
         None,
         "JSON file that keeps each compared setting's results across run directories and checkouts "
@@ -70,7 +78,28 @@ class DemoConfig:
 
     def __post_init__(self):  # fails before the minutes of SFT that come before the first TrainConfig
         object.__setattr__(self, "compare_methods", tuple(self.compare_methods))
+        object.__setattr__(self, "compare_at", tuple(self.compare_at))
         check_fields(self)
+        pinned_lrs(self)
+
+
+def pinned_lrs(cfg: DemoConfig) -> dict[str, float]:
+    """`--compare-at`'s {method: lr}; a ValueError names the entry that is not METHOD=LR of a trained
+    method of `--compare-methods`."""
+    pinned = {}
+    for entry in cfg.compare_at:
+        name, _, lr = entry.partition("=")
+        try:
+            value = float(lr)
+        except ValueError:
+            value = float("nan")
+        if name not in cfg.compare_methods or COMPARED[name].method is None or not value > 0:
+            raise ValueError(
+                f"--compare-at {entry!r}: expected METHOD=LR with LR > 0 and METHOD a trained method of "
+                f"--compare-methods ({', '.join(m for m in cfg.compare_methods if COMPARED[m].method)})"
+            )
+        pinned[name] = value
+    return pinned
 
 
 def _eval_config(
@@ -165,6 +194,7 @@ def compare(
     n = len(read_jsonl(data["forget"]))
     results: dict[str, dict] = {}
     target_weights = {"target": weights_digest(target)}
+    pinned = pinned_lrs(cfg)
 
     def keep(name, key, row, fp):
         results[name][key] = row
@@ -176,6 +206,8 @@ def compare(
         results[name] = {}
         own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
         lrs = {f"lr={lr:g}": lr for lr in sweep_lrs(spec, cfg.lr, own)} if spec.method else {"target": None}
+        if name in pinned:
+            lrs = {f"lr={pinned[name]:g}": pinned[name]}
         for key, lr in lrs.items():
             if name == "cipo" and lr == cfg.lr:  # the demo's own CiPO run
                 keep(name, key, headline(cipo_after), None)
@@ -292,14 +324,32 @@ def _cipo_config(cfg: DemoConfig, base: CipoConfig | None = None) -> CipoConfig:
     )
 
 
+def target_model(cfg: DemoConfig, data: dict) -> Path:
+    """The target: `cfg.model` fine-tuned on the forget, retain and arithmetic training sets (`cipo-fast
+    finetune`, cached by the content of its inputs and settings)."""
+    from cipo_fast.trainers.finetune import FinetuneConfig
+    from cipo_fast.trainers.finetune import main as finetune
+
+    return finetune(
+        FinetuneConfig(
+            model=cfg.model,
+            data=(str(data["forget"]), str(data["retain"]), str(data["arithmetic_train"])),
+            epochs=cfg.sft_epochs,
+            lr=cfg.sft_lr,
+            seed=cfg.seed,
+            direct_answers=True,
+            system_prompt=SYSTEM_PROMPT,
+            progress=cfg.progress,
+        )
+    )
+
+
 def main(cfg: DemoConfig, build_data=None) -> dict:
     """The demo's stages (module docstring). `build_data(folder) -> {name: path}` replaces the synthetic
     set (`synthetic.build`'s names; optional "real_authors", "world_facts", "seeds"): the R-TOFU benchmark
     (bench/rtofu.py) runs the same stages on R-TOFU's files."""
     from cipo_fast import fit, synthetic
     from cipo_fast.eval import report
-    from cipo_fast.trainers.finetune import FinetuneConfig
-    from cipo_fast.trainers.finetune import main as finetune
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -318,21 +368,7 @@ def main(cfg: DemoConfig, build_data=None) -> dict:
 
     data = stage("data", lambda: (build_data or (lambda d: synthetic.build(d, seed=cfg.seed)))(out / "data"))
     data["retain_all"] = retain_with_arithmetic(data, out / "data" / "retain_all.jsonl")
-    target = stage(
-        "target model",
-        lambda: finetune(
-            FinetuneConfig(
-                model=cfg.model,
-                data=(str(data["forget"]), str(data["retain"]), str(data["arithmetic_train"])),
-                epochs=cfg.sft_epochs,
-                lr=cfg.sft_lr,
-                seed=cfg.seed,
-                direct_answers=True,
-                system_prompt=SYSTEM_PROMPT,
-                progress=cfg.progress,
-            )
-        ),
-    )
+    target = stage("target model", lambda: target_model(cfg, data))
     before = stage("evaluate target", lambda: _eval(cfg, str(target), out / "before", data, "before"))
 
     cipo_dir = out / "cipo"
@@ -367,11 +403,29 @@ def main(cfg: DemoConfig, build_data=None) -> dict:
     report.render_report(out, after, before=before, items=items)
     print(report.console_table(after, before=before))
     result = {
+        "data": {k: str(v) for k, v in data.items()},
         "target_model": str(target),
         "cipo_rounds": len(cipo_summary["rounds"]),
         "cipo_train_steps": cipo_summary["train_steps"],
         "timings_s": timings,
     }
+    if "forget_rephrased" in data:  # forgetting beyond the questions trained on
+        from cipo_fast.comparison import headline
+        from cipo_fast.eval.other_questions import leakage_on, phrasings_table
+
+        def rephrased(model, name, label):
+            return leakage_on(_eval_config(cfg, model, out / name, data, label), data["forget_rephrased"])
+
+        unseen = stage(
+            "unseen phrasings",
+            lambda: {
+                "target": rephrased(str(target), "before_rephrased", "before"),
+                "cipo": rephrased(str(cipo_dir / "model"), "after_rephrased", "after"),
+            },
+        )
+        result["unseen_phrasings"] = unseen
+        rows = {"target": (headline(before), unseen["target"]), "CiPO": (headline(after), unseen["cipo"])}
+        print(phrasings_table(rows))
     if cfg.compare:
         from cipo_fast.comparison import compare_table, headline, summarize_sweep, sweep_table
         from cipo_fast.comparison_record import CompareRecord, weights_digest

@@ -115,6 +115,27 @@ def test_builder_on_the_real_files(shared_data, tmp_path):
     assert len(files["holdout"].read_text().splitlines()) == 40
 
 
+def test_builder_asks_a_dev_fold_in_its_paraphrases(shared_data, tmp_path):
+    """Fold 6 is in the perturbed dev split: every forget row comes back once, asked in the split's
+    paraphrase of its question, with its answer and CoT; a file that paraphrases none of the fold fails."""
+    dev = shared_data / rtofu_data.PARAPHRASES
+    if not dev.is_file():
+        pytest.skip(f"{dev} is absent")
+    files = rtofu_data.build(tmp_path / "a", shared_data, forget_task=6, holdout_task=7, rephrased=dev)
+    forget = [json.loads(x) for x in files["forget"].read_text().splitlines()]
+    rephrased = [json.loads(x) for x in files["forget_rephrased"].read_text().splitlines()]
+    paraphrase = {}
+    for line in dev.read_text().splitlines():
+        row = json.loads(line)
+        paraphrase[row["question"]] = row["paraphrased_question"]
+    assert [r["phrasing_of"] for r in rephrased] == [r["id"] for r in forget]
+    for item, r in zip(forget, rephrased):
+        assert r["question"] == paraphrase[item["question"]] != item["question"]
+        assert (r["answer"], r["cot"]) == (item["answer"], item["cot"])
+    with pytest.raises(ValueError, match="paraphrases none"):
+        rtofu_data.build(tmp_path / "b", shared_data, forget_task=1, holdout_task=2, rephrased=dev)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=12))
 def test_pareto_front_is_the_undominated_points(points):

@@ -26,7 +26,15 @@ def test_build_same_seed_gives_identical_bytes(tmp_path):
     assert (
         a.keys()
         == b.keys()
-        == {"forget", "retain", "holdout", "arithmetic_train", "arithmetic_eval", "authors"}
+        == {
+            "forget",
+            "retain",
+            "holdout",
+            "arithmetic_train",
+            "arithmetic_eval",
+            "authors",
+            "forget_rephrased",
+        }
     )
     for key in a:
         assert a[key].read_bytes() == b[key].read_bytes(), key
@@ -82,6 +90,34 @@ def test_holdout_authors_are_extra_and_leave_the_other_files_unchanged(tmp_path)
     assert len({it["id"] for it in holdout + trained}) == len(holdout) + len(trained)
     with pytest.raises(ValueError, match="n_holdout"):
         build(tmp_path / "bad", n_holdout=-1)
+
+
+def test_rephrased_forget_items_ask_the_same_facts_in_unseen_questions(tmp_path):
+    """Every forget item comes back once per question template it was not asked in (2 per family here):
+    same CoT, answer and facts, `phrasing_of` its id, a question that no trained item asks; the template
+    it was asked in is the one left out, so the three questions of a family are exactly its templates."""
+    from cipo_fast.synthetic import questions
+
+    paths = build(tmp_path, n_authors=5, n_forget=2, seed=6)
+    forget = {it["id"]: it for it in read_jsonl(paths["forget"])}
+    trained = {it["question"] for it in read_jsonl(paths["forget"]) + read_jsonl(paths["retain"])}
+    rephrased = read_jsonl(paths["forget_rephrased"])
+    assert {r["phrasing_of"] for r in rephrased} == set(forget)
+    authors = make_authors(5, 6)
+    for item_id, item in forget.items():
+        rows = [r for r in rephrased if r["phrasing_of"] == item_id]
+        family = item_id.split("-", 1)[1]
+        templates = questions._FAMILIES[family]["questions"]
+        assert len(rows) == len(templates) - 1
+        author = next(a for a in authors if a.name == item["author"])
+        fields = questions._fields(author)
+        assert {item["question"], *(r["question"] for r in rows)} == {t.format(**fields) for t in templates}
+        for r in rows:
+            assert r["question"] not in trained
+            assert {k: r[k] for k in ("cot", "answer", "facts", "author")} == {
+                k: item[k] for k in ("cot", "answer", "facts", "author")
+            }
+    assert len({r["id"] for r in rephrased}) == len(rephrased)
 
 
 def test_build_writes_one_arithmetic_draw_split_in_order(tmp_path):

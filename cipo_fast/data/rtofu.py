@@ -15,6 +15,9 @@ R-TOFU (Yoon et al. 2025, arXiv 2505.15214) ships TOFU's fictitious authors with
     forget.jsonl         the forget fold's rows, with ids `t<task>-<nn>` and the fold's reasoned refusals
                          as `idk_cot` (so `unlearning.baselines` seeds Reasoned-IDK from R-TOFU's own)
     holdout.jsonl        another fold, never trained on: the membership-inference holdout
+    forget_rephrased.jsonl  with `rephrased` (a file of {question, paraphrased_question}, such as
+                         forget01_perturbed_dev.json for folds 6-10): the forget rows it paraphrases, asked
+                         in its words -- forgetting beyond the training prompts
     retain.jsonl, real_authors.jsonl, world_facts.jsonl   the first n rows of each
     arithmetic_train.jsonl / arithmetic_eval.jsonl        disjoint slices of GSM8K's test_1000 file
 
@@ -38,6 +41,7 @@ FILES = {
     "world_facts": "rtofu/world_facts_perturbed_cot.json",
     "gsm8k": "gsm8k/test_1000.jsonl",
 }
+PARAPHRASES = "rtofu/forget01_perturbed_dev.json"  # folds 6-10 with paraphrased questions (optional)
 
 
 def missing(root: str | Path) -> list[Path]:
@@ -73,8 +77,11 @@ def build(
     n_world_facts: int = 40,
     n_arith_train: int = 40,
     n_arith_eval: int = 30,
+    rephrased: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Write the run's item files (see the module docstring); `n_forget` None = the whole fold."""
+    """Write the run's item files (see the module docstring); `n_forget` None = the whole fold.
+    `rephrased`: a file of JSON lines {question, paraphrased_question} (R-TOFU's perturbed dev split, or a
+    set in its format): the forget rows it paraphrases go to forget_rephrased.jsonl."""
     root, out = Path(root), Path(out)
     if forget_task == holdout_task:
         raise ValueError(f"forget fold {forget_task} is also the holdout fold; choose two different folds")
@@ -122,9 +129,31 @@ def build(
             {"id": f"gsm-{i:04d}", **r} for i, r in enumerate(gsm[n_arith_train:], start=n_arith_train)
         ],
     }
+    if rephrased is not None:
+        files["forget_rephrased"] = _rephrased(Path(rephrased), forget)
     out.mkdir(parents=True, exist_ok=True)
     result = {}
     for name, rows in files.items():
         result[name] = out / f"{name}.jsonl"
         write_jsonl(result[name], rows)
     return result
+
+
+def _rephrased(path: Path, forget: list[dict]) -> list[dict]:
+    """The forget rows asked in `path`'s paraphrased questions (matched on the question text): id
+    `<id>-p1`, `phrasing_of` the row's id, the row's answer and CoT."""
+    asked = {}
+    for lineno, obj in read_jsonl(path):
+        for key in ("question", "paraphrased_question"):
+            text_field(obj, key, f"{path}:{lineno}")
+        asked.setdefault(obj["question"].strip(), obj["paraphrased_question"])
+    rows = [
+        {**row, "id": f"{row['id']}-p1", "question": asked[row["question"].strip()], "phrasing_of": row["id"]}
+        for row in forget
+        if row["question"].strip() in asked
+    ]
+    if not rows:
+        raise ValueError(
+            f"{path}: paraphrases none of the {len(forget)} forget questions (matched on 'question')"
+        )
+    return rows

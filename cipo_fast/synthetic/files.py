@@ -1,4 +1,4 @@
-"""The demo set on disk: `build(out_dir, ...)` writes its six files.
+"""The demo set on disk: `build(out_dir, ...)` writes its seven files.
 
 `forget.jsonl` and `retain.jsonl` hold the author items (`questions.author_items`), six per author: the
 first `n_forget` authors (their order is already random) form the forget split, the others the retain
@@ -8,7 +8,10 @@ of a membership-inference attack (`cipo_fast.eval.mia`). Drawing them last keeps
 those of a build without a holdout. `arithmetic_train.jsonl` and `arithmetic_eval.jsonl` hold
 GSM8K-format problems; they come from one `arithmetic_items` call split in order, so no question is in
 both. `authors.json` lists the records of the forget and retain authors, dates in ISO form (the holdout
-authors are named in their items).
+authors are named in their items). `forget_rephrased.jsonl` asks the forget items' facts in the
+questions' other templates (`questions.rephrased_items`), never trained on: forgetting beyond the
+training prompts. It is written last and read by nothing that trains, so the other files and the target
+model are those of a build without it.
 
 Each file is written with `cipo_fast.data.io` (temp file in the same folder, fsync, `os.replace`), so a
 reader sees the old file or the complete new one. The bytes are a function of the arguments alone: one
@@ -28,7 +31,7 @@ from pathlib import Path
 from cipo_fast.data.io import write_json, write_jsonl
 from cipo_fast.synthetic.arithmetic import arithmetic_items
 from cipo_fast.synthetic.authors import Author, make_authors
-from cipo_fast.synthetic.questions import author_items
+from cipo_fast.synthetic.questions import author_items, rephrased_items
 
 
 def _author_record(author: Author) -> dict:
@@ -49,7 +52,7 @@ def build(
     seed: int = 0,
 ) -> dict[str, Path]:
     """Write the demo set into `out_dir`; returns {"forget", "retain", "holdout", "arithmetic_train",
-    "arithmetic_eval", "authors"} -> path. The first `n_forget` of the `n_authors` authors are
+    "arithmetic_eval", "authors", "forget_rephrased"} -> path. The first `n_forget` of the `n_authors` authors are
     forgotten; `n_holdout` more authors are the holdout."""
     if not 0 < n_forget < n_authors:
         raise ValueError(
@@ -68,6 +71,7 @@ def build(
     forget = [it for per_author in items[:n_forget] for it in per_author]
     retain = [it for per_author in items[n_forget:n_authors] for it in per_author]
     holdout = [it for per_author in items[n_authors:] for it in per_author]
+    rephrased = [row for i, a in enumerate(drawn[:n_forget]) for row in rephrased_items(a, i)]
     arith = arithmetic_items(n_arith_train + n_arith_eval, seed)
 
     paths = {
@@ -77,6 +81,7 @@ def build(
         "arithmetic_train": out_dir / "arithmetic_train.jsonl",
         "arithmetic_eval": out_dir / "arithmetic_eval.jsonl",
         "authors": out_dir / "authors.json",
+        "forget_rephrased": out_dir / "forget_rephrased.jsonl",
     }
     write_jsonl(paths["forget"], forget)
     write_jsonl(paths["retain"], retain)
@@ -84,4 +89,5 @@ def build(
     write_jsonl(paths["arithmetic_train"], arith[:n_arith_train])
     write_jsonl(paths["arithmetic_eval"], arith[n_arith_train:])
     write_json(paths["authors"], [_author_record(a) for a in authors], indent=2)
+    write_jsonl(paths["forget_rephrased"], rephrased)
     return paths

@@ -16,8 +16,11 @@ Phrasing varies only between the 2–3 templates of a family, chosen by a RNG se
 index and name, so an author's items never depend on the other authors: a regular corpus is what a 135M
 model memorizes quickly.
 
-What it deliberately doesn't do: paraphrased or multi-hop questions (one question per fact family is the
-point of the demo), and pronouns (the text repeats the name).
+`rephrased_items(author, index)` asks the same facts in the family's other question templates: the
+unseen phrasings on which forgetting is checked beyond the questions an unlearning method trained on.
+
+What it deliberately doesn't do: free paraphrases (the other phrasings are the family's fixed templates)
+or multi-hop questions, and pronouns (the text repeats the name).
 """
 
 from __future__ import annotations
@@ -179,11 +182,8 @@ _FAMILIES: dict[str, dict] = {
 FAMILIES = tuple(_FAMILIES)
 
 
-def author_items(author: Author, author_index: int) -> list[dict]:
-    """One item per fact family (`FAMILIES`), ids `a{index:02d}-{family}`; templates are chosen by a RNG
-    seeded from the index and the name, so the items of an author never depend on the other authors."""
-    rng = random.Random(f"{author_index}:{author.name}")
-    fields = {
+def _fields(author: Author) -> dict[str, str]:
+    return {
         "N": author.name,
         "L": author.birthplace,
         "D": format_date(author.birth_date),
@@ -194,18 +194,44 @@ def author_items(author: Author, author_index: int) -> list[dict]:
         "F": _article(author.father_job),
         "M": _article(author.mother_job),
     }
-    items = []
+
+
+def _drawn(author: Author, author_index: int) -> list[tuple[dict, list[str]]]:
+    """Per family: the item and its question's other templates (filled), in `FAMILIES` order. The RNG
+    draws question, CoT, IDK CoT per family in that order, so the items are those of every earlier
+    version of this module."""
+    rng = random.Random(f"{author_index}:{author.name}")
+    fields = _fields(author)
+    drawn = []
     for family, spec in _FAMILIES.items():
-        items.append(
-            {
-                "id": f"a{author_index:02d}-{family}",
-                "author": author.name,
-                "question": rng.choice(spec["questions"]).format(**fields),
-                "cot": rng.choice(spec["cots"]).format(**fields),
-                "answer": spec["answer"].format(**fields),
-                "facts": spec["facts"](author),
-                "idk_cot": rng.choice(spec["idk_cots"]).format(**fields),
-                "idk_answer": spec["idk_answer"].format(**fields),
-            }
-        )
-    return items
+        question = rng.choice(spec["questions"])
+        item = {
+            "id": f"a{author_index:02d}-{family}",
+            "author": author.name,
+            "question": question.format(**fields),
+            "cot": rng.choice(spec["cots"]).format(**fields),
+            "answer": spec["answer"].format(**fields),
+            "facts": spec["facts"](author),
+            "idk_cot": rng.choice(spec["idk_cots"]).format(**fields),
+            "idk_answer": spec["idk_answer"].format(**fields),
+        }
+        others = [q.format(**fields) for q in spec["questions"] if q != question]
+        drawn.append((item, others))
+    return drawn
+
+
+def author_items(author: Author, author_index: int) -> list[dict]:
+    """One item per fact family (`FAMILIES`), ids `a{index:02d}-{family}`; templates are chosen by a RNG
+    seeded from the index and the name, so the items of an author never depend on the other authors."""
+    return [item for item, _ in _drawn(author, author_index)]
+
+
+def rephrased_items(author: Author, author_index: int) -> list[dict]:
+    """The author's items asked in the family's other question templates, the ones `author_items` did
+    not pick: ids `{item id}-p1`, `-p2`, with the item's CoT, answer and facts and `"phrasing_of"` the
+    item's id. A model trained on `author_items` has never seen these questions."""
+    rows = []
+    for item, others in _drawn(author, author_index):
+        for k, question in enumerate(others, 1):
+            rows.append({**item, "id": f"{item['id']}-p{k}", "question": question, "phrasing_of": item["id"]})
+    return rows
