@@ -34,9 +34,9 @@ from cipo_fast.comparison import METHODS
 
 RESULT = OUT / "seeds.json"
 LEAK_LINE = 0.10  # worst CoT and answer leak a setting may keep and still count as forgetting
-# CiPO (the demo's run) and the baselines at their best setting of the demo sweep on the Intel Xeon
-# target (docs/results/demo_compare.json), the guards on the target
-SETTINGS = ("cipo", "cipo_paper=0.0001", "npo=0.0001", "tru=0.0001", "reasoned_idk=0.0001", "star")
+# CiPO (the demo's run), CiPO as published at its best setting of the demo sweep on the EPYC target and
+# STaR, the best-placed methods there that keep retain accuracy (docs/results/demo_compare.json)
+SETTINGS = ("cipo", "cipo_paper=0.0001", "star")
 KEYS = (
     "max_leak_cot",
     "max_leak_answer",
@@ -65,6 +65,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m", help="base model of the targets")
     p.add_argument("--lr", type=float, default=1e-4, help="CiPO's learning rate (the demo's)")
     p.add_argument("--sft-epochs", type=float, default=4.5)
+    p.add_argument("--record", type=Path, default=None, help="demo --compare record to read and extend")
     p.add_argument("--smoke", action="store_true", help="3 authors, one round, 8 new tokens")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-readme", dest="readme", action="store_false")
@@ -109,6 +110,7 @@ def demo_config(a: argparse.Namespace, seed: int):
         compare_methods=(*a.pinned, *a.guards),
         compare_at=tuple(f"{m}={lr!r}" for m, lr in a.pinned.items()),
         compare_steps=2 if a.smoke else None,  # a tiny target may leak nothing, leaving CiPO without steps
+        compare_record=str(a.record) if a.record else None,
         progress=a.progress,
         **(smoke if a.smoke else {}),
     )
