@@ -235,6 +235,7 @@ def main(argv=None) -> dict:
         "stages_s": result["timings_s"],
         "unseen_phrasings": result.get("unseen_phrasings"),  # target and CiPO, with --rephrased
     }
+    a.result.parent.mkdir(parents=True, exist_ok=True)
     write_json(a.result, out)
     plotted = plot(summary, before, a.plot)
     note = (

@@ -227,6 +227,7 @@ def main(argv=None) -> dict:
         "summary": summary,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+    a.result.parent.mkdir(parents=True, exist_ok=True)
     write_json(a.result, out)
     note = (
         f"Seeds {', '.join(map(str, a.seeds))}; host: {out['machine'].get('cpu', '?')}; wall time of this run "
