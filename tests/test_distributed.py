@@ -137,13 +137,19 @@ def assert_rows_match(got: list[dict], want: list[dict]) -> None:
 
 
 def assert_weights_match(got: dict, want: dict, init: dict) -> None:
-    """Per tensor: the difference is under 1e-3 of the training's change (in norm), and no entry is off by
-    a tenth of one step's largest move (lr = 1e-3)."""
+    """Per tensor: the difference is under 1e-3 of the training's change (in norm); no entry is off by one
+    step's largest move (lr = 1e-3), and at most one entry in 10^5 by a tenth of it. Adam moves an entry by
+    about lr whatever its gradient's size, so an entry whose gradient nearly cancels (a tied embedding row
+    of a token in no sequence gets only the LM head's small sum) follows the sign of a sum whose fp32
+    rounding depends on the reduction order (one process vs an all-reduce of two): such an entry can differ
+    by a fraction of a step on one host and not on another (0.117 of a step on the Intel Xeon host, under
+    0.1 on the AMD EPYC). A gradient not reduced, or reduced twice, moves most entries by whole steps."""
     assert got.keys() == want.keys()
     for k in want:
-        diff = got[k] - want[k]
+        diff = (got[k] - want[k]).abs()
         assert float(diff.norm()) <= 1e-3 * float((want[k] - init[k]).norm()), (k, float(diff.norm()))
-        assert float(diff.abs().max()) < 1e-4, (k, float(diff.abs().max()))
+        assert float(diff.max()) < 1e-3, (k, float(diff.max()))
+        assert int((diff >= 1e-4).sum()) <= max(1, diff.numel() // 100_000), (k, int((diff >= 1e-4).sum()))
 
 
 def loss_rows(run: Path) -> list[dict]:

@@ -6,4 +6,5 @@ tokenize.py   prompt / completion tokenization (chat template or raw), bounded t
 formats.py    the training formats (preference pairs, single sequences) -> `Pair` / `Single`
 items.py      question / answer items (R-TOFU, TOFU, synthetic, GSM8K) -> `Item`
 packing.py    padding-free packing into token-budget micro-batches, prefix sharing
+rtofu.py      R-TOFU's files -> one benchmark run's item files (forget / holdout folds, retain, utility)
 """

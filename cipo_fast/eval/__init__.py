@@ -14,5 +14,6 @@ mia.py                                           membership inference (LOSS, zli
                                                  on answer and CoT tokens; AUC and privleak
 predictions.py                                   scoring generations made elsewhere
 evaluate.py                                      `cipo-fast eval`
+other_questions.py                               leakage on other questions: unseen phrasings, earlier requests
 report/                                          figures, console table, HTML report
 """
