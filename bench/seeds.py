@@ -120,7 +120,7 @@ def seed_rows(a: argparse.Namespace, seed: int) -> dict[str, dict]:
     """One seed's demo with its comparison; {label: headline numbers + unseen-phrasing leaks + lines}."""
     from cipo_fast import demo, synthetic
     from cipo_fast.comparison import headline, keeps_utility, worst_leak
-    from cipo_fast.eval.other_questions import leakage_on
+    from cipo_fast.eval.other_questions import LEAK_KEYS, leakage_on
 
     cfg = demo_config(a, seed)
     small = dict(n_authors=3, n_forget=1, n_arith_train=4, n_arith_eval=2, n_holdout=1)
@@ -142,10 +142,12 @@ def seed_rows(a: argparse.Namespace, seed: int) -> dict[str, dict]:
             config = demo._eval_config(
                 cfg, model, run / "eval_rephrased", data, f"{name} {key}", guard=spec.guard
             )
-            rows[f"{name} {key}" if spec.method else name] = (
-                row,
-                leakage_on(config, data["forget_rephrased"]),
-            )
+            if spec.method and not (run / "model").is_dir():  # taken from --record: no model here to ask
+                print(f"{name} {key}: from the record, its model is not in {run}; unseen phrasings left out")
+                unseen = dict.fromkeys(LEAK_KEYS)
+            else:
+                unseen = leakage_on(config, data["forget_rephrased"])
+            rows[f"{name} {key}" if spec.method else name] = (row, unseen)
     table = {}
     for label, (row, unseen) in rows.items():
         meets = worst_leak(row) <= LEAK_LINE and keeps_utility(row, before)
