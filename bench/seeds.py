@@ -31,6 +31,7 @@ from common import OUT, REPO, machine, publish
 sys.path.insert(0, str(REPO))
 
 from cipo_fast.comparison import METHODS
+from cipo_fast.demo import DemoConfig, pinned_lrs
 
 RESULT = OUT / "seeds.json"
 LEAK_LINE = 0.10  # worst CoT and answer leak a setting may keep and still count as forgetting
@@ -76,29 +77,21 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def settings(entries: list[str]) -> tuple[dict[str, float], list[str]]:
-    """`--settings` as ({method: lr}, [guards]); "cipo" (the demo's own run) is in neither."""
-    pinned, guards = {}, []
-    for entry in entries:
-        name, _, lr = entry.partition("=")
-        spec = METHODS.get(name)
-        if entry == "cipo":
-            continue
-        if spec is not None and spec.method is None and not lr:
-            guards.append(name)
-            continue
-        try:
-            value = float(lr)
-        except ValueError:
-            value = float("nan")
-        if spec is None or spec.method is None or not value > 0 or name == "cipo":
-            raise SystemExit(f"--settings {entry!r}: expected cipo, METHOD=LR (LR > 0) or a guard's name")
-        pinned[name] = value
-    return pinned, guards
+    """`--settings` as ({method: lr}, [guards]); "cipo" (the demo's own run) is in neither. The METHOD=LR
+    entries are checked by `demo --compare-at`'s own parser (`demo.pinned_lrs`)."""
+    guards = [e for e in entries if e in METHODS and METHODS[e].method is None]
+    pinned = [e for e in entries if e != "cipo" and e not in guards]
+    names = tuple(dict.fromkeys(e.partition("=")[0] for e in pinned if e.partition("=")[0] in METHODS))
+    try:
+        if "cipo" in names:
+            raise ValueError("cipo is the demo's own run")
+        lrs = pinned_lrs(DemoConfig(compare_methods=names + tuple(guards), compare_at=tuple(pinned)))
+    except ValueError as err:
+        raise SystemExit(f"--settings: expected cipo, METHOD=LR (LR > 0) or a guard's name ({err})") from err
+    return lrs, guards
 
 
 def demo_config(a: argparse.Namespace, seed: int):
-    from cipo_fast.demo import DemoConfig
-
     smoke = dict(rounds=1, max_new_tokens=8, batch_size=2, max_pairs_per_item=2, eval_samples=1)
     return DemoConfig(
         out=str(a.out / f"seed{seed}"),
