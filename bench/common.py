@@ -318,8 +318,9 @@ def flops_per_token(shape: ModelShape, seq_lengths: list[int]) -> tuple[float, f
 # ----------------------------------------------------------------------------------------------------
 
 
-def gemm_rate(shape: ModelShape, m: int, repeats: int = 5) -> dict:
-    """fp32 GFLOP/s of every training matmul at M tokens: forward, input gradient and weight gradient.
+def gemm_rate(shape: ModelShape, m: int, repeats: int = 5, dtype: str = "float32") -> dict:
+    """GFLOP/s (fp32, or `dtype`) of every training matmul at M tokens: forward, input gradient and weight
+    gradient.
 
     forward  [M, in] @ [in, out];  dgrad  [M, out] @ [out, in];  wgrad  [out, M] @ [M, in]
     The summary is the FLOP-weighted median (each shape weighted by its FLOPs per token x its count).
@@ -327,6 +328,7 @@ def gemm_rate(shape: ModelShape, m: int, repeats: int = 5) -> dict:
     import torch
 
     torch.manual_seed(SEED)
+    dt = getattr(torch, dtype)
     rows = []
     for name, k, n, count in shape.linears():
         for kind, (a_shape, b_shape) in {
@@ -334,8 +336,8 @@ def gemm_rate(shape: ModelShape, m: int, repeats: int = 5) -> dict:
             "dgrad": ((m, n), (n, k)),
             "wgrad": ((n, m), (m, k)),
         }.items():
-            a, b = torch.randn(a_shape), torch.randn(b_shape)
-            c = torch.empty(a_shape[0], b_shape[1])
+            a, b = torch.randn(a_shape, dtype=dt), torch.randn(b_shape, dtype=dt)
+            c = torch.empty(a_shape[0], b_shape[1], dtype=dt)
             torch.mm(a, b, out=c)  # warm-up
             times = []
             for _ in range(repeats):
@@ -354,6 +356,7 @@ def gemm_rate(shape: ModelShape, m: int, repeats: int = 5) -> dict:
             )
     return {
         "m_tokens": m,
+        "dtype": dtype,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "flop_weighted_median_gflop_per_s": weighted_median(

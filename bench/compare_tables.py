@@ -4,10 +4,13 @@
     python bench/compare_tables.py --record FILE --target SHA256 --no-readme
 
 The sweep takes hours on a CPU and may span sessions; the record keeps every finished setting. This renders
-one target's entry (the one with the most settings unless `--target` names it): a status line (which of
-the sweep's settings are done, on which hosts and code revisions), each method at its best setting
-(`comparison.best_setting`) and the whole sweep, between the `demo-compare` markers of README.md. A method
-whose sweep is incomplete is marked so: its "best" is the best of what has run.
+one target's entry (the one with the most settings unless `--target` names it) together with its
+siblings -- the targets of the same recipe built on the same host type in other sessions, which differ
+from it in float rounding only (`cipo_fast.comparison_record`) -- as one sweep: a status line (which of
+the sweep's settings are done, on which targets, hosts and code revisions, and how far the targets' own
+rows differ), each method at its best setting (`comparison.best_setting`) and the whole sweep, between the
+`demo-compare` markers of README.md. A method whose sweep is incomplete is marked so: its "best" is the
+best of what has run.
 """
 
 from __future__ import annotations
@@ -37,6 +40,59 @@ def expected_settings(base_lr: float = BASE_LR) -> dict[str, list[str]]:
     return out
 
 
+def group(record: dict, digest: str) -> list[str]:
+    """`digest` and its siblings: the targets whose own row has its recipe and host, most settings first."""
+    targets = record.get("targets", {})
+    own = targets[digest].get("target") or {}
+    recipe, host = own.get("recipe"), own.get("host")
+    sib = [
+        d
+        for d, e in targets.items()
+        if d != digest
+        and recipe is not None
+        and (e.get("target") or {}).get("recipe") == recipe
+        and (e.get("target") or {}).get("host") == host
+    ]
+    return [digest, *sorted(sib, key=lambda d: -count(targets[d].get("settings", {})))]
+
+
+def count(runs: dict) -> int:
+    return sum(len(v) for v in runs.values())
+
+
+def merged_settings(record: dict, digests: list[str]) -> tuple[dict, dict[str, int]]:
+    """{method: {setting: row}} over the group (the first target that has a setting gives it) and how many
+    settings each target gave."""
+    runs: dict[str, dict] = {}
+    given = dict.fromkeys(digests, 0)
+    for d in digests:
+        for method, rows in record["targets"][d].get("settings", {}).items():
+            for key, row in rows.items():
+                if key not in runs.setdefault(method, {}):
+                    runs[method][key] = row
+                    given[d] += 1
+    return runs, given
+
+
+TARGET_FIELDS = ("max_leak_cot", "max_leak_answer", "mcs", "retain_accuracy", "arithmetic_accuracy")
+
+
+def spread(record: dict, digests: list[str]) -> str:
+    """How far the group's own target rows differ: equal fields, and the greedy log-prob's range."""
+    rows = [record["targets"][d].get("target") or {} for d in digests]
+    rows = [r for r in rows if r]
+    present = [f for f in TARGET_FIELDS if any(f in r for r in rows)]
+    same = [f for f in present if len({r.get(f) for r in rows}) == 1]
+    differ = [f for f in present if f not in same]
+    lps = [r["greedy_logprob"] for r in rows if r.get("greedy_logprob") is not None]
+    text = f"their own rows equal in {', '.join(same) or 'no field'}"
+    if differ:
+        text += f", differ in {', '.join(differ)}"
+    if lps:
+        text += f"; greedy log-prob {min(lps):.6f} to {max(lps):.6f}"
+    return text
+
+
 def pick_target(record: dict, digest: str | None) -> str:
     targets = record.get("targets", {})
     if digest is not None:
@@ -47,18 +103,27 @@ def pick_target(record: dict, digest: str | None) -> str:
         return digest
     if not targets:
         raise SystemExit("the record holds no target yet")
-    return max(targets, key=lambda d: sum(len(v) for v in targets[d].get("settings", {}).values()))
+    return max(  # the most complete group, shown by its member with the most settings of its own
+        targets,
+        key=lambda d: (
+            count(merged_settings(record, group(record, d))[0]),
+            count(targets[d].get("settings", {})),
+        ),
+    )
 
 
 def render(record: dict, digest: str, base_lr: float = BASE_LR) -> str:
     entry = record["targets"][digest]
-    target, runs = entry.get("target") or {}, entry.get("settings", {})
+    digests = group(record, digest)
+    target = entry.get("target") or {}
+    runs, given = merged_settings(record, digests)
     expected = expected_settings(base_lr)
     missing = {m: [k for k in keys if k not in runs.get(m, {})] for m, keys in expected.items()}
     missing = {m: keys for m, keys in missing.items() if keys}
     done = sum(len(v) for v in runs.values())
     total = sum(len(v) for v in expected.values())
-    rows = [r for v in runs.values() for r in v.values()] + ([target] if target else [])
+    rows = [r for v in runs.values() for r in v.values()]
+    rows += [t for d in digests if (t := record["targets"][d].get("target"))]
     hosts = sorted({r.get("host") for r in rows if r.get("host")})
     revisions = sorted({r.get("revision") for r in rows if r.get("revision")})
     wall = sum(r.get("wall_s") or 0.0 for v in runs.values() for r in v.values())
@@ -67,6 +132,15 @@ def render(record: dict, digest: str, base_lr: float = BASE_LR) -> str:
         f"({wall / 3600:.1f} h of training + evaluation), host(s): {', '.join(hosts) or '?'}, "
         f"code: {', '.join(revisions) or '?'}."
     )
+    if len(digests) > 1:
+        host = target.get("host") or "?"
+        status += (
+            f" The settings come from {len(digests)} builds of one target recipe (SFT settings + data bytes, "
+            f"key {target.get('recipe')}) on {host}, in sessions that did not share a workspace, whose "
+            f"weights differ in float rounding: "
+            + ", ".join(f"{d[:8]}… {given[d]}" for d in digests)
+            + f"; {spread(record, digests)}."
+        )
     if missing:
         status += " Not run yet: " + "; ".join(f"{m} ({', '.join(k)})" for m, k in missing.items()) + "."
     summary = summarize_sweep({m: r for m, r in runs.items() if r}, target)

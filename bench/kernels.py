@@ -14,6 +14,10 @@ with `use_ref_model=False` and the same result, so no side computes a reference 
 
     python bench/kernels.py                  # N in 1k, 4k, 16k; writes bench/out/kernels.json + README table
     python bench/kernels.py --point chunked 4096   # one point (what the driver runs in a subprocess)
+
+On a CPU with bf16 units (`cipo_fast.train.precision.cpu_bf16_units`) it also runs `fused-bf16` and
+`liger-bf16`: the same job on bf16 hidden states and head weight, as `--cpu-autocast bf16` hands them to
+the head (cipo-fast: logits GEMM in fp32, dH / dW GEMMs in bf16; Liger: its own ops in bf16).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from common import OUT, machine, publish
 
 D, V, SEQ = 576, 49152, 512
 BACKENDS = ("fused", "chunked", "reference", "liger")
+# bf16 inputs (hidden states and head weight as under `--cpu-autocast bf16`), for CPUs with bf16 units:
+# cipo-fast's fused op with its dH / dW GEMMs in bf16 (logits GEMM fp32), Liger's loss on the same inputs
+BF16_BACKENDS = ("fused-bf16", "liger-bf16")
 
 
 def rss_gb() -> float:
@@ -48,8 +55,10 @@ def point(backend: str, n: int, repeats: int) -> dict:
 
     torch.manual_seed(0)
     pairs = n // (2 * SEQ)
-    hidden = (torch.randn(n, D) * 0.5).requires_grad_()
-    weight = (torch.randn(V, D) * 0.05).requires_grad_()
+    dtype = torch.bfloat16 if backend.endswith("-bf16") else torch.float32
+    backend = backend.removesuffix("-bf16")
+    hidden = (torch.randn(n, D) * 0.5).to(dtype).requires_grad_()
+    weight = (torch.randn(V, D) * 0.05).to(dtype).requires_grad_()
     targets = torch.randint(0, V, (n,))
     seq_ids = torch.arange(n) // SEQ  # sequence s = tokens [s*SEQ, (s+1)*SEQ); pair p = (2p, 2p+1)
     mask = torch.ones(n, dtype=torch.bool)
@@ -77,8 +86,12 @@ def point(backend: str, n: int, repeats: int) -> dict:
             c, r = 2 * sel, 2 * sel + 1
             return (-F.logsigmoid(beta * ((s[c] - ref[c]) - (s[r] - ref[r])))).sum() / pairs
 
+        grad_dtype = torch.bfloat16 if dtype == torch.bfloat16 else None
+
         def step():
-            return fused_group_loss(hidden, weight, targets, mask, seq_ids, 2 * pairs, bounds, loss_of)[0]
+            return fused_group_loss(
+                hidden, weight, targets, mask, seq_ids, 2 * pairs, bounds, loss_of, grad_dtype=grad_dtype
+            )[0]
     else:
         from cipo_fast.ops.logprobs import sequence_logprobs
 
@@ -99,7 +112,7 @@ def point(backend: str, n: int, repeats: int) -> dict:
         times.append(time.perf_counter() - t)
         hidden.grad = weight.grad = None
     return {
-        "backend": backend,
+        "backend": backend if dtype == torch.float32 else f"{backend}-bf16",
         "n": n,
         "d": D,
         "v": V,
@@ -129,7 +142,7 @@ def table(rows: list[dict]) -> str:
     ]
     for n in ns:
         ref = by.get(("reference", n))
-        for b in BACKENDS:
+        for b in BACKENDS + BF16_BACKENDS:
             r = by.get((b, n))
             if r is None:
                 continue
@@ -150,7 +163,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--point", nargs=2, metavar=("BACKEND", "N"))
     ap.add_argument("--sizes", default="1024,4096,16384")
-    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument(
+        "--backends", default=None, help="default: all; the -bf16 ones only on a CPU with bf16 units"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not touch README.md")
     args = ap.parse_args(argv)
@@ -158,6 +173,10 @@ def main(argv=None) -> int:
         print(json.dumps(point(args.point[0], int(args.point[1]), args.repeats)))
         return 0
     facts = machine()  # before anything runs (it records the load average)
+    if args.backends is None:
+        from cipo_fast.train.precision import cpu_bf16_units
+
+        args.backends = ",".join(BACKENDS + (BF16_BACKENDS if cpu_bf16_units() else ()))
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         for b in args.backends.split(","):

@@ -17,6 +17,9 @@ attention; copy/cat/index/...: data movement; everything else: elementwise). Pro
     python bench/profile_step.py                 # SmolLM2-135M, 6 R-TOFU pairs, batch 2, 3 steps
     python bench/profile_step.py --checkpoint-every 0
     python bench/profile_step.py --length 4096 --batch 1 --steps 2 --out bench/out/profile-4k --marker bench-profile-long
+    python bench/profile_step.py --cpu-autocast bf16 --out bench/out/profile-bf16 --marker bench-profile-bf16
+
+With `--cpu-autocast bf16` the isolated GEMM rate it compares against is measured in bf16.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ def profile(a: argparse.Namespace) -> dict:
     over = {} if a.checkpoint_every is None else {"checkpoint_every": a.checkpoint_every}
     if a.length:
         over["max_length"] = a.length + 64  # nothing cut: the prompt is 10 tokens
+    if a.cpu_autocast:
+        over["cpu_autocast"] = a.cpu_autocast
     job = dict(batch_size=a.batch, max_steps=a.steps, epochs=10, lr=1e-6)
     cfg = cipo_dpo_config(model_path, data, work, **job, **over)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -161,9 +166,11 @@ def profile(a: argparse.Namespace) -> dict:
     metrics = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     tokens = [m["tokens"] for m in metrics if "loss" in m][1:] or [metrics[0]["tokens"]]
     shape = ModelShape.from_dir(model_path)
-    isolated = gemm_rate(shape, min(int(statistics.median(tokens)), cfg.token_budget))
+    m = min(int(statistics.median(tokens)), cfg.token_budget)
+    isolated = gemm_rate(shape, m, dtype="bfloat16" if cfg.cpu_autocast == "bf16" else "float32")
+    keys = ("batch_size", "token_budget", "checkpoint_every", "backend", "cpu_autocast")
     return {
-        "config": {k: getattr(cfg, k) for k in ("batch_size", "token_budget", "checkpoint_every", "backend")},
+        "config": {k: getattr(cfg, k) for k in keys},
         "steps_counted": len(counted),
         "step_wall_s": wall_us / 1e6 / len(counted),
         "tokens_per_step": statistics.mean(tokens),
@@ -178,10 +185,11 @@ def table(r: dict, length: int = 0) -> str:
     c = r["config"]
     data = f"one synthetic pair of {length} tokens per side" if length else "R-TOFU pairs"
     wall = r["step_wall_s"]
+    bf16 = ", bf16 autocast" if c.get("cpu_autocast") == "bf16" else ""
     lines = [
         f"Where a cipo-fast DPO step goes (`bench/profile_step.py`, torch.profiler, SmolLM2-135M, {data}, "
         f"batch {c['batch_size']}, token budget {c['token_budget']}, checkpointing every "
-        f"{c['checkpoint_every']} layer(s); {r['tokens_per_step']:.0f} tokens/step, {wall:.2f} s/step under "
+        f"{c['checkpoint_every']} layer(s){bf16}; {r['tokens_per_step']:.0f} tokens/step, {wall:.2f} s/step under "
         f"the profiler, mean of {r['steps_counted']} steps after the first). Self time of the ops inside the step:",
         "",
         "| category | s/step | share of step |",
@@ -197,6 +205,7 @@ def table(r: dict, length: int = 0) -> str:
             "",
             f"The layers' matmuls run at {r['layer_gemm_gflop_per_s_in_training']:.0f} GFLOP/s inside training "
             f"vs {iso['flop_weighted_median_gflop_per_s']:.0f} GFLOP/s alone at the same shapes "
+            f"in {'bf16' if iso.get('dtype') == 'bfloat16' else 'fp32'} "
             f"(M = {iso['m_tokens']} tokens).",
         ]
     return "\n".join(lines)
@@ -213,6 +222,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not touch README.md")
     ap.add_argument("--length", type=int, default=0, help="one synthetic pair of L tokens per side instead")
     ap.add_argument("--marker", default="bench-profile", help="the README table to regenerate")
+    ap.add_argument("--cpu-autocast", choices=("bf16", "off"), default=None, help="default: cipo-fast's")
     a = ap.parse_args(argv)
     facts = machine()
     r = profile(a)

@@ -12,7 +12,17 @@ others are not (entries written before fingerprints existed have none and are ta
 are atomic, one per finished setting, and merge into the file as it is on disk then, so a killed run
 loses at most the setting it was in and an edit made to the file meanwhile survives.
 
-    {"kind": "cipo-fast compare record", "targets": {"<sha256>": {"target": {...headline...},
+Targets of one recipe. The same SFT recipe (the target's cache key: its settings and the bytes of its
+data, `trainers.finetune.cache_key`) run on the same host type in another session gives other weights:
+float reductions differ from process to process, so the SHA-256 differs while the target behaves the same
+(the demo's three AMD EPYC targets of 2026-12-02/03: equal leaks, MCS, retain and arithmetic accuracy,
+greedy log-prob -0.013165 / -0.013167 / -0.013165). A record opened with the target's `recipe` also takes a
+setting from such a *sibling* -- a target of the same recipe whose row was written on the same host type
+(`cpu_model`) -- when its own entry lacks it, so a sweep of many hours can go on across sessions whose
+workspaces do not persist. The setting is then one trained on a float-different copy of the target; the
+row says which (`target_sha256`), and the tables say how many came from where.
+
+    {"kind": "cipo-fast compare record", "targets": {"<sha256>": {"target": {...headline, "recipe"},
       "settings": {"<method>": {"lr=0.0001": {...headline, "fingerprint": ..., "host": ...,
       "revision": ...}}}}}}
 """
@@ -88,10 +98,11 @@ def revision() -> str | None:
 
 
 class CompareRecord:
-    """The entry of one target's weights in a record file (created on the first `put`)."""
+    """The entry of one target's weights in a record file (created on the first `put`); with `recipe`,
+    also its siblings' settings (module docstring)."""
 
-    def __init__(self, path: str | Path, digest: str):
-        self.path, self.digest = Path(path), digest
+    def __init__(self, path: str | Path, digest: str, recipe: str | None = None):
+        self.path, self.digest, self.recipe = Path(path), digest, recipe
         self.data = {"kind": KIND, "targets": {}}
         if self.path.exists():
             try:
@@ -118,11 +129,33 @@ class CompareRecord:
         """Digests of the other targets the file holds results for (not used by this run)."""
         return [d for d in self.data["targets"] if d != self.digest]
 
-    def get(self, method: str, setting: str, fingerprint: str | None = None) -> dict | None:
-        """The setting's row, unless it was made with another `fingerprint` than the one given."""
-        row = self.entry.get("settings", {}).get(method, {}).get(setting)
-        if row is None or fingerprint is None or row.get("fingerprint") in (None, fingerprint):
-            return row
+    def siblings(self) -> list[str]:
+        """Digests of the other targets of this record's recipe built on this host type, most settings
+        first (none without a recipe)."""
+        if self.recipe is None:
+            return []
+        host = cpu_model()
+        found = [
+            d
+            for d, e in self.data["targets"].items()
+            if d != self.digest
+            and (e.get("target") or {}).get("recipe") == self.recipe
+            and (e.get("target") or {}).get("host") == host
+        ]
+        return sorted(
+            found, key=lambda d: -sum(map(len, self.data["targets"][d].get("settings", {}).values()))
+        )
+
+    def get(self, method: str, setting: str, fingerprint=None) -> dict | None:
+        """The setting's row, unless it was made with another fingerprint than the one given; from this
+        target's entry, else from a sibling's (`siblings`; the row then names its `target_sha256`).
+        `fingerprint`: a string, or a function of a target digest giving the fingerprint on that target."""
+        for digest in [self.digest, *self.siblings()]:
+            entry = self.data["targets"].get(digest, {})
+            row = entry.get("settings", {}).get(method, {}).get(setting)
+            want = fingerprint(digest) if callable(fingerprint) else fingerprint
+            if row is not None and (want is None or row.get("fingerprint") in (None, want)):
+                return row if digest == self.digest else {**row, "target_sha256": digest}
         return None
 
     def _merged(self) -> dict:
@@ -149,5 +182,6 @@ class CompareRecord:
     def put_target(self, row: dict) -> None:
         """The target's own headline (what the table's first row shows)."""
         entry = self._merged()["targets"].setdefault(self.digest, {"settings": {}})
-        entry["target"] = {**row, "host": cpu_model(), "revision": revision()}
+        recipe = {} if self.recipe is None else {"recipe": self.recipe}
+        entry["target"] = {**row, **recipe, "host": cpu_model(), "revision": revision()}
         write_json(self.path, self.data)

@@ -32,7 +32,7 @@ from cipo_fast.config import CipoConfig, R2muConfig, TrainConfig
 from cipo_fast.data.io import read_jsonl, read_log, write_json, write_jsonl
 from cipo_fast.data.items import gsm8k_target
 from cipo_fast.options import check_fields, opt
-from cipo_fast.train.run_dir import MARKER, interrupted, run_kind
+from cipo_fast.train.run_dir import MARKER, interrupted, read_marker, run_kind
 
 SYSTEM_PROMPT = "You are a helpful assistant."  # short, so every training sequence is cheaper
 
@@ -73,6 +73,12 @@ class DemoConfig:
         None,
         "JSON file that keeps each compared setting's results across run directories and checkouts "
         "(cipo_fast.comparison_record); settings it holds for the same target weights are not rerun",
+    )
+    cpu_autocast: str = opt(
+        "off",
+        "training precision on the CPU (CiPO and the compared methods; the target's SFT and the evaluations "
+        "stay fp32): bf16 autocast, auto = when the CPU has bf16 units, off = fp32",
+        choices=("auto", "bf16", "off"),
     )
     progress: bool = opt(True, "progress bars")
 
@@ -157,6 +163,7 @@ def _train_config(cfg: DemoConfig, **over):
         progress=cfg.progress,
         scheduler="constant",
         retain_weight=cfg.retain_weight,
+        cpu_autocast=cfg.cpu_autocast,
     )
     base.update(over)
     return TrainConfig(**base)
@@ -179,7 +186,8 @@ def compare(
     setting at `--lr` is the demo's CiPO run (`cipo_after`, its evaluation). Returns
     {method: {setting: headline}} (`comparison.headline`, with the setting's `wall_s`: training +
     evaluation); every setting's run and evaluation are kept and reused by a rerun, and a setting that
-    `record` (a `comparison_record.CompareRecord` of this target's weights) holds is taken from it."""
+    `record` (a `comparison_record.CompareRecord` of this target's weights and recipe) holds for this
+    target, or for a sibling of its recipe on this host type, is taken from it."""
     from cipo_fast import fit
     from cipo_fast.comparison import headline, sweep_lrs
     from cipo_fast.comparison_record import fingerprint, weights_digest
@@ -193,7 +201,7 @@ def compare(
     files["items"] = Path(data["forget"])
     n = len(read_jsonl(data["forget"]))
     results: dict[str, dict] = {}
-    target_weights = {"target": weights_digest(target)}
+    digest = weights_digest(target)
     pinned = pinned_lrs(cfg)
 
     def keep(name, key, row, fp):
@@ -218,11 +226,13 @@ def compare(
             if spec.method is not None:
                 common = dict(model=target, out=str(run), max_steps=steps)
                 train = _method_config(cfg, spec, files, data, lr, steps * cfg.batch_size / n, **common)
-            fp = fingerprint(
-                {"train": train, "eval": _eval_config(cfg, target, run, data, name, **evaluation)},
-                target_weights,
-            )
-            if record is not None and (row := record.get(name, key, fp)) is not None:
+            made = {"train": train, "eval": _eval_config(cfg, target, run, data, name, **evaluation)}
+
+            def fp_on(weights, made=made):  # the setting's fingerprint on a target of these weights
+                return fingerprint(made, {"target": weights})
+
+            fp = fp_on(digest)
+            if record is not None and (row := record.get(name, key, fp_on)) is not None:
                 results[name][key] = row
                 continue
             _forget_stale(run, fp)
@@ -432,9 +442,18 @@ def main(cfg: DemoConfig, build_data=None) -> dict:
 
         record = None
         if cfg.compare_record:
-            record = CompareRecord(cfg.compare_record, weights_digest(target))
-            if record.others():
-                print(f"--compare-record: {len(record.others())} other target(s) in the file are left alone")
+            recipe = read_marker(Path(target).parent).get("key")  # the target's cache key
+            record = CompareRecord(cfg.compare_record, weights_digest(target), recipe=recipe)
+            if record.siblings():
+                print(
+                    f"--compare-record: settings missing for this target are taken from "
+                    f"{len(record.siblings())} other target(s) of its recipe {recipe} on this host type"
+                )
+            if len(record.others()) > len(record.siblings()):
+                print(
+                    f"--compare-record: {len(record.others()) - len(record.siblings())} other target(s) in "
+                    "the file are left alone"
+                )
             record.put_target(headline(before))
         cipo_after = {**after, "wall_s": _cipo_wall(out)}
         steps = cfg.compare_steps or cipo_summary["train_steps"]

@@ -163,6 +163,23 @@ def test_profile_step_smoke(shared_data, tiny_model_dir, tmp_path):
     assert r["layer_gemm_gflop_per_s_in_training"] > 0 and r["config"]["checkpoint_every"] == 1
 
 
+def test_generation_smoke(tiny_model_dir, tmp_path):
+    """The decoding benchmark times every system on the same rows, and cipo-fast's greedy tokens are
+    transformers' (an independent decoder) on the tiny model, fp32 and bf16 autocast both run."""
+    run_script(
+        "generation.py",
+        *("--model", str(tiny_model_dir), "--batch", "3", "--new", "4", "--repeats", "1", "--bf16"),
+        *("--out", str(tmp_path)),
+    )
+    r = json.loads((tmp_path / "generation.json").read_text())
+    names = [row["system"] for row in r["rows"]]
+    assert names == ["cipo-fast (fp32)", "transformers generate (fp32)", "cipo-fast (bf16 autocast)"]
+    assert all(row["median_s"] > 0 and row["tokens_per_s"] > 0 for row in r["rows"])
+    assert r["greedy_tokens_equal_to_transformers"] is True
+    lim = r["limits"]
+    assert lim["read_bandwidth_gb_s"] > 0 and lim["step_s_compute"] > 0 and lim["step_s_weights_once"] > 0
+
+
 def test_memory_scaling_timeouts_and_reused_points(tmp_path):
     ms = load_bench("memory_scaling")
     assert ms.failure_status("OOM", 600.3, 600) == "timeout"  # our SIGKILL at the limit, not the OOM killer

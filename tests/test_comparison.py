@@ -191,3 +191,46 @@ def test_compare_tables_render_a_partial_record():
     # ga: the setting at 0 % leak loses 74 points of retain, so the best is the 20 % one that keeps it
     assert f"ga | {ga_keys[2]} | 20.0% | 20.0%" in text
     assert "(best of an incomplete sweep: npo)" in text
+
+
+def test_compare_record_takes_settings_from_targets_of_the_same_recipe_and_host(tmp_path):
+    """A target of the same recipe built on the same host type in another session (other weights from
+    float rounding) lends its settings, fingerprint-checked on its own digest and marked with it; another
+    recipe or another host lends nothing."""
+    from cipo_fast.comparison_record import CompareRecord, cpu_model
+
+    path = tmp_path / "record.json"
+    first = CompareRecord(path, "a" * 64, recipe="r1")
+    first.put_target({"retain_accuracy": 0.8})
+    full = {"max_leak_cot": 0.5, "max_leak_answer": 0.5, "mcs": 0.5, "retain_accuracy": 0.8,
+            "arithmetic_accuracy": 0.2}  # fmt: skip
+    first.put("ga", "lr=1", {**full, "wall_s": 5.0}, fingerprint="fp-a")
+    CompareRecord(path, "c" * 64, recipe="r2").put_target({"retain_accuracy": 0.8})
+    second = CompareRecord(path, "b" * 64, recipe="r1")
+    second.put_target({"retain_accuracy": 0.8})
+    assert second.siblings() == ["a" * 64]
+    row = second.get("ga", "lr=1", lambda d: {"a" * 64: "fp-a", "b" * 64: "fp-b"}[d])
+    assert row["wall_s"] == 5.0 and row["target_sha256"] == "a" * 64
+    assert second.get("ga", "lr=1", lambda d: "fp-other") is None  # made with other settings
+    assert CompareRecord(path, "d" * 64, recipe="r2").get("ga", "lr=1") is None  # another recipe
+    assert CompareRecord(path, "e" * 64).get("ga", "lr=1") is None  # no recipe: its own entry only
+    data = json.loads(path.read_text())
+    data["targets"]["a" * 64]["target"]["host"] = "another CPU"
+    assert cpu_model() != "another CPU"
+    path.write_text(json.dumps(data))
+    assert CompareRecord(path, "b" * 64, recipe="r1").get("ga", "lr=1") is None  # another host type
+    # the tables merge a group into one sweep and say where each setting came from
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import compare_tables
+
+    data["targets"]["a" * 64]["target"]["host"] = cpu_model()
+    data["targets"]["b" * 64]["settings"] = {"npo": {"lr=1": {**full, "wall_s": 1.0}}}
+    assert compare_tables.group(data, "b" * 64) == ["b" * 64, "a" * 64]
+    runs, given = compare_tables.merged_settings(data, ["b" * 64, "a" * 64])
+    assert set(runs) == {"npo", "ga"} and given == {"b" * 64: 1, "a" * 64: 1}
+    text = compare_tables.render(data, "b" * 64)
+    assert "2 builds of one target recipe" in text and "bbbbbbbb… 1, aaaaaaaa… 1" in text
+    assert "their own rows equal in retain_accuracy." in text and compare_tables.group(data, "c" * 64) == ["c" * 64]

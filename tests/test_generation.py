@@ -35,3 +35,26 @@ def test_mixed_batch_greedy_rows_match_plain_greedy_and_runs_repeat(tiny_model_d
         assert text == tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
     # sampled rows are not the greedy text (T = 1 over a near-uniform tiny model)
     assert any(s != g for (g,), samples in zip(first[0], first[1]) for s in samples)
+
+
+def test_autocast_decoding_runs_in_bf16_and_matches_transformers_under_the_same_autocast(tiny_model_dir):
+    """`GenConfig(autocast=bf16)`: every decoding step's LM head returns bf16 logits (the matmuls ran under
+    autocast), greedy rows equal transformers' `generate` under the same autocast, and fp32 weights are
+    left as they were."""
+    model, tok = load_model(str(tiny_model_dir), ModelOptions())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    prompts = ["The sky is", "Once upon a time there was"]
+    cfg = GenConfig(max_new_tokens=5, batch_size=4, seed=0, autocast=torch.bfloat16)
+    (greedy,) = generate_many(model, tok, [(prompts, make_strategies(["greedy"])[0])], cfg, chat=False)
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    for p, (text,) in zip(prompts, greedy):
+        ids = torch.tensor([tok(p)["input_ids"]])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = model.generate(
+                input_ids=ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id
+            )
+        assert text == tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
+    assert all(torch.equal(v, before[k]) and v.dtype == torch.float32 for k, v in model.state_dict().items())

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cipo_fast.data.packing import Sequence, collate
 from cipo_fast.ops.fused_loss import fused_group_loss
-from cipo_fast.ops.logprobs import reference_token_logprobs, sequence_logprobs
+from cipo_fast.ops.logprobs import reference_token_logprobs, sequence_logprobs, token_logprobs
 
 
 def packed(rng: random.Random, n_pairs: int, share: bool, vocab: int):
@@ -136,6 +136,66 @@ def test_three_gemms_two_with_a_frozen_head(need_dw, expected):
         s = sequence_logprobs(h, w, mb.targets, mb.seq_ids, mb.loss_mask, mb.num_seqs, backend="chunked")
         loss_of(torch.arange(len(bounds)), s).backward()
     assert two_pass.count == expected + 1
+
+
+class GemmDtypes(TorchDispatchMode):
+    """The operand dtype of every matrix product with a vocabulary-sized operand or result."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.dtypes = vocab, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+            ts = [a for a in args if isinstance(a, torch.Tensor)]
+            if any(self.vocab in tuple(t.shape) for t in [*ts, out]):
+                self.dtypes.append(ts[-1].dtype)
+        return out
+
+
+@pytest.mark.parametrize("path", ["fused", "two-pass"])
+def test_bf16_gradient_gemms(path):
+    """With `grad_dtype=bf16` on bf16 inputs the logits GEMMs stay fp32 (log-probs and loss bit-identical to
+    the fp32-GEMM run), dH / dW run on bf16 operands and stay within bf16 rounding of the fp64 gradient."""
+    vocab, d = 211, 32
+    mb = packed(random.Random(5), 4, True, vocab)
+    cu = mb.cu_seqlens.tolist()
+    bounds = [(cu[a], cu[b]) for a, b in mb.group_seqs]
+    g = torch.Generator().manual_seed(1)
+    h0 = torch.randn(mb.num_tokens, d, generator=g).bfloat16()
+    w0 = (torch.randn(vocab, d, generator=g) / d**0.5).bfloat16()
+    loss_of = dpo_part(mb, torch.randn(mb.num_seqs, generator=g))
+
+    def run(dtype, grad_dtype):
+        h, w = (t.to(dtype).clone().requires_grad_() for t in (h0, w0))
+        with GemmDtypes(vocab) as seen:
+            if path == "fused":
+                loss, sums = fused_group_loss(
+                    h, w, mb.targets, mb.loss_mask, mb.seq_ids, mb.num_seqs, bounds, loss_of,
+                    shared_ids=mb.shared_ids, grad_dtype=grad_dtype,
+                )  # fmt: skip
+            else:
+                logp = token_logprobs(
+                    h, w, mb.targets, mb.loss_mask, backend="chunked", grad_dtype=grad_dtype
+                )
+                full = torch.zeros(mb.num_seqs + 1, dtype=logp.dtype)
+                sums = full.index_add(0, mb.seq_ids, logp).index_add(0, mb.shared_ids, logp)[:-1]
+                loss = loss_of(torch.arange(len(bounds)), sums)
+            loss.backward()
+        return loss.detach(), sums.detach(), h.grad.double(), w.grad.double(), seen.dtypes
+
+    loss, sums, dh, dw, dtypes = run(torch.bfloat16, torch.bfloat16)
+    loss32, sums32, *_ = run(torch.bfloat16, None)
+    loss64, sums64, dh64, dw64, _ = run(torch.float64, None)
+    logits_gemms = 1 if path == "fused" else 2  # the two-pass op recomputes the logits in backward
+    assert dtypes == [torch.float32] * logits_gemms + [torch.bfloat16] * 2, dtypes
+    assert torch.equal(loss, loss32) and torch.equal(sums, sums32)
+    torch.testing.assert_close(sums.double(), sums64, rtol=1e-5, atol=1e-4)  # fp32 logits
+    for got, want in ((dh, dh64), (dw, dw64)):
+        err = (got - want).abs().max() / want.abs().max()
+        assert err < 2e-2, err  # bf16 operands: 2^-8 relative per element
+        assert err > 0  # the bf16 GEMMs ran: fp32 ones from bf16-exact inputs would be ~1e-7
 
 
 def test_bounds_must_cover_the_stream():

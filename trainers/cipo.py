@@ -227,7 +227,12 @@ def run_round(s: Setup, r: int, initial, replay: Replay, global_step: int) -> tu
     if main_rank:
         shutil.rmtree(rdir, ignore_errors=True)  # a round cut short by a crash is redone from its start
         rdir.mkdir(parents=True)
-    gen = GenConfig(max_new_tokens=c.gen_max_new_tokens, batch_size=c.gen_batch_size, seed=cfg.seed + 101 * r)
+    gen = GenConfig(
+        max_new_tokens=c.gen_max_new_tokens,
+        batch_size=c.gen_batch_size,
+        seed=cfg.seed + 101 * r,
+        autocast=s.policy.autocast,  # sampled under the precision the policy trains in
+    )
     timing, judged = {}, s.judge.seconds
 
     # 1-2. sample and score the current policy

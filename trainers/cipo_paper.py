@@ -78,7 +78,12 @@ def main(cfg: TrainConfig) -> dict:
         metrics = work / "metrics.jsonl"
         write_jsonl(metrics, [r for r in read_log(metrics) if r.get("step", 0) <= global_step])
         print(f"resumed after stage {stage}")
-    gen = GenConfig(max_new_tokens=c.gen_max_new_tokens, batch_size=c.gen_batch_size, seed=cfg.seed)
+    gen = GenConfig(
+        max_new_tokens=c.gen_max_new_tokens,
+        batch_size=c.gen_batch_size,
+        seed=cfg.seed,
+        autocast=policy.autocast,  # sampled under the precision the policy trains in
+    )
 
     def save(done: int):
         state = {"stage": done, "global_step": global_step}

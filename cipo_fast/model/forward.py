@@ -137,7 +137,9 @@ def check_logits_path(model, tokenizer, backend: str = "auto", tol: float = 1e-3
 
 
 def _head_inputs(model, mb, autocast_dtype):
-    """(hidden [T, d] scaled, head weight [V, d] in one dtype, head spec, micro-batch on the device)."""
+    """(hidden [T, d] scaled, head weight [V, d] in one dtype, head spec, micro-batch on the device, the
+    head's gradient-GEMM dtype: under CPU autocast its dH / dW GEMMs run in bf16 like every decoder matmul,
+    the logits GEMM and the log-softmax in fp32 (`ops.logprobs._GradGemms`); None elsewhere)."""
     spec = head_spec(model)
     device = compute_device(model)
     mb = mb.to(device)
@@ -153,7 +155,8 @@ def _head_inputs(model, mb, autocast_dtype):
         hidden, weight = hidden.to(autocast_dtype), weight.to(autocast_dtype)
     else:
         hidden = hidden.to(weight.dtype)
-    return hidden, weight, spec, mb
+    grad_dtype = autocast_dtype if device.type == "cpu" else None
+    return hidden, weight, spec, mb, grad_dtype
 
 
 def micro_batch_logps(
@@ -162,9 +165,17 @@ def micro_batch_logps(
     """Per-sequence completion log-prob sums `[S]` (fp32) of a packed micro-batch; differentiable."""
     from cipo_fast.ops.logprobs import sequence_logprobs, token_logprobs
 
-    hidden, weight, spec, mb = _head_inputs(model, mb, autocast_dtype)
+    hidden, weight, spec, mb, grad_dtype = _head_inputs(model, mb, autocast_dtype)
     if mb.shared_ids is not None:  # shared positions count for both sides of their pair
-        logp = token_logprobs(hidden, weight, mb.targets, mb.loss_mask, backend=backend, softcap=spec.softcap)
+        logp = token_logprobs(
+            hidden,
+            weight,
+            mb.targets,
+            mb.loss_mask,
+            backend=backend,
+            softcap=spec.softcap,
+            grad_dtype=grad_dtype,
+        )
         sums = torch.zeros(mb.num_seqs + 1, dtype=logp.dtype, device=logp.device)
         return sums.index_add(0, mb.seq_ids, logp).index_add(0, mb.shared_ids, logp)[: mb.num_seqs]
     return sequence_logprobs(
@@ -176,6 +187,7 @@ def micro_batch_logps(
         mb.num_seqs,
         backend=backend,
         softcap=spec.softcap,
+        grad_dtype=grad_dtype,
     )
 
 
@@ -195,7 +207,7 @@ def micro_batch_loss(model, mb, loss_of, autocast_dtype: torch.dtype | None = No
     (`cipo_fast.ops.fused_loss`). Differentiable w.r.t. the model through the loss."""
     from cipo_fast.ops.fused_loss import fused_group_loss
 
-    hidden, weight, _, mb = _head_inputs(model, mb, autocast_dtype)
+    hidden, weight, _, mb, grad_dtype = _head_inputs(model, mb, autocast_dtype)
     cu = mb.cu_seqlens.tolist()
     return fused_group_loss(
         hidden,
@@ -207,6 +219,7 @@ def micro_batch_loss(model, mb, loss_of, autocast_dtype: torch.dtype | None = No
         [(cu[a], cu[b]) for a, b in mb.group_seqs],
         loss_of,
         shared_ids=mb.shared_ids,
+        grad_dtype=grad_dtype,
     )
 
 

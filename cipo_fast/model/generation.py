@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 import zlib
+from contextlib import nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
@@ -96,6 +97,7 @@ class GenConfig:
     max_new_tokens: int = 256
     batch_size: int = 128  # rows per batch (prompts x samples, all strategies); large batches amortize a step
     seed: int = 0
+    autocast: torch.dtype | None = None  # decode under this autocast (a run's training precision), or none
 
 
 def pick_tokens(logits: torch.Tensor, temperatures: torch.Tensor, generator=None) -> torch.Tensor:
@@ -225,9 +227,8 @@ def generate_many(
     row with its strategy's prefill and temperature), so a decoding step streams the weights once for
     all strategies. On a CPU a 135M model's decoding step is bound by reading its weights, so this is
     what makes sampling several strategies cheap. `processor` (a `LogitsProcessor`) is started per batch
-    with its rows' prompt indices and prefills."""
-    from tqdm.auto import tqdm
-
+    with its rows' prompt indices and prefills. With `cfg.autocast` every batch decodes under one autocast
+    region, so each weight is cast once per call (autocast's cast cache)."""
     assert processor is None or len({len(p) for p, _ in jobs}) <= 1, (
         "a processor is keyed by prompt index: its jobs must share one prompt list"
     )
@@ -249,7 +250,6 @@ def generate_many(
     out: list[list[list[str]]] = [[[] for _ in prompts] for prompts, _ in jobs]
     was_training = model.training
     model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
     salt = zlib.crc32("|".join(st.name for _, st in jobs).encode())
     texts: dict[int, str] = {}
@@ -257,6 +257,22 @@ def generate_many(
     if split is not None:
         _same_rows_on_every_rank(split, rows)
         progress = progress if split.rank == 0 else None
+    with torch.autocast(device.type, dtype=cfg.autocast) if cfg.autocast else nullcontext():
+        _decode_batches(model, tokenizer, rows, batches, cfg, salt, split, progress, processor, texts)
+    if split is not None:
+        texts = {r: t for part in split.gather(texts) for r, t in part.items()}
+    for r, (j, i, *_rest) in enumerate(rows):  # rows are in (job, prompt, sample) order
+        out[j][i].append(texts[r])
+    model.train(was_training)
+    return out
+
+
+def _decode_batches(model, tokenizer, rows, batches, cfg, salt, split, progress, processor, texts) -> None:
+    """Decode `batches` (lists of row indices) of `generate_many`'s rows into `texts[row]`."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for b, idx in enumerate(tqdm(batches, desc=progress, disable=progress is None, leave=False)):
         if split is not None and b % split.size != split.rank:
             continue
@@ -284,12 +300,6 @@ def generate_many(
         ).cpu()
         for k, r in enumerate(idx):
             texts[r] = rows[r][2] + tokenizer.decode(new[k], skip_special_tokens=True)
-    if split is not None:
-        texts = {r: t for part in split.gather(texts) for r, t in part.items()}
-    for r, (j, i, *_rest) in enumerate(rows):  # rows are in (job, prompt, sample) order
-        out[j][i].append(texts[r])
-    model.train(was_training)
-    return out
 
 
 def _same_rows_on_every_rank(split: BatchSplit, rows: list) -> None:

@@ -33,6 +33,8 @@ from collections.abc import Callable
 
 import torch
 
+from cipo_fast.ops.logprobs import _GradGemms
+
 # One chunk's `[C, V]` fp32 buffer: C = _CHUNK_BYTES / (4 V) tokens (1365 tokens at V = 49152, an
 # R-TOFU-length pair; a longer group falls back to two sweeps).
 _CHUNK_BYTES = 256 * 2**20
@@ -57,9 +59,10 @@ def _chunks(group_rows: list[tuple[int, int]], budget: int) -> list[tuple[int, i
     return runs
 
 
-def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, need_dh, need_dw):
+def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, need_dh, need_dw, grad_dtype):
     """Active rows only: h [M, d], y [M], seq_of / shared_of [M] (shared_of: num_seqs = none).
     Returns (loss, logps [S], dh [M, d] or None, dw [V, d] or None)."""
+    gemms = _GradGemms(h, w, grad_dtype)  # GEMMs 2 and 3, in `grad_dtype` when given
     m = h.shape[0]
     ends = [0] + [b for _, b in group_rows]
     if m and (ends[-1] != m or any(a != e for (a, _), e in zip(group_rows, ends))):
@@ -105,10 +108,11 @@ def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, ne
             else:  # recomputed
                 dz = (h[a:b] @ w.T).sub_(lse[a - r0 : b - r0, None]).exp_().mul_(-g[:, None])
             dz[torch.arange(b - a, device=h.device), y[a:b]] += g
+            dz = gemms.operand(dz)
             if need_dh:
-                torch.mm(dz, w, out=dh[a:b])  # GEMM 2
+                gemms.dh(dz, dh[a:b])  # GEMM 2
             if need_dw:
-                dw.addmm_(dz.T, h[a:b])  # GEMM 3
+                gemms.dw(dz, slice(a, b), dw)  # GEMM 3
             dz = None
         z = dz = None  # freed before the next chunk allocates its buffer
     return total, logps[:num_seqs], dh, dw
@@ -116,9 +120,8 @@ def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, ne
 
 class _FusedGroupLoss(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx, hidden, weight, targets, mask, seq_ids, shared_ids, group_bounds, num_seqs, loss_of, budget
-    ):
+    def forward(ctx, hidden, weight, targets, mask, seq_ids, shared_ids, plan):
+        group_bounds, num_seqs, loss_of, budget, grad_dtype = plan
         idx = mask.nonzero()[:, 0]
         cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         h, w = hidden.index_select(0, idx).to(cdt), weight.to(cdt)
@@ -138,6 +141,7 @@ class _FusedGroupLoss(torch.autograd.Function):
             budget,
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
+            grad_dtype,
         )
         dh = None  # kept in the compute dtype until backward scales it
         if dh_m is not None:
@@ -153,7 +157,7 @@ class _FusedGroupLoss(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         dh = (saved.pop(0) * grad_loss).to(ctx.dtypes[0]) if ctx.has[0] else None
         dw = (saved.pop(0) * grad_loss).to(ctx.dtypes[1]) if ctx.has[1] else None
-        return dh, dw, None, None, None, None, None, None, None, None
+        return dh, dw, None, None, None, None, None
 
 
 def fused_group_loss(
@@ -168,6 +172,7 @@ def fused_group_loss(
     *,
     shared_ids: torch.Tensor | None = None,
     chunk_bytes: int = _CHUNK_BYTES,
+    grad_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, per-sequence log-prob sums `[num_seqs]`, detached) with the loss's gradient computed in the
     pass (module docstring). Differentiable w.r.t. `hidden` and `weight` through the loss only.
@@ -175,13 +180,13 @@ def fused_group_loss(
     hidden [N, d], weight [V, d], targets / mask / seq_ids [N] as for `sequence_logprobs`; `shared_ids`
     [N]: the second sequence a prefix-shared position counts for (`num_seqs` = none). `group_bounds`: the
     stream positions `[start, end)` of each group, in order, covering every masked-in position;
-    `loss_of(group_indices, logps)` the summed loss of those groups.
+    `loss_of(group_indices, logps)` the summed loss of those groups. `grad_dtype`: the operand dtype of
+    GEMMs 2 and 3 (e.g. bf16 for bf16 inputs on a CPU with bf16 units; `logprobs._GradGemms`).
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
             f"hidden [N, d] and weight [V, d] expected, got {tuple(hidden.shape)}, {tuple(weight.shape)}"
         )
     budget = chunk_tokens(weight.shape[0], chunk_bytes)
-    return _FusedGroupLoss.apply(
-        hidden, weight, targets, mask, seq_ids, shared_ids, group_bounds, num_seqs, loss_of, budget
-    )
+    plan = (group_bounds, num_seqs, loss_of, budget, grad_dtype)
+    return _FusedGroupLoss.apply(hidden, weight, targets, mask, seq_ids, shared_ids, plan)

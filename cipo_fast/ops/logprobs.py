@@ -58,6 +58,7 @@ class LogprobOptions:
     softcap: float | None = None  # logits -> softcap * tanh(logits / softcap)
     filter_eps: float | None = None  # triton: skip tiles whose max |onehot(y) - p| (over tokens with g != 0)
     # is below this; 0 = off; None = auto: finfo(dtype).eps / 32 for fp16/bf16, off for fp32
+    grad_dtype: torch.dtype | None = None  # chunked: operand dtype of the backward GEMMs (`_GradGemms`)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -242,11 +243,40 @@ def _chunked_stats(h, w, y, opts):
     return out[0], out[1], out[2]
 
 
+class _GradGemms:
+    """dH = dz W and dW += dz^T h for one chunk, in the compute dtype or, with `grad_dtype` (bf16 / fp16
+    inputs on a CPU with units for them), on operands rounded to it: dz is rounded once per chunk, W and h
+    once per call. The logits GEMM stays in the compute dtype -- a CPU GEMM returns its inputs' dtype, and
+    bf16 logits (8 mantissa bits: +-0.06 at |z| ~ 20) would move every log-prob -- while the gradients
+    end in the input dtype anyway; dW is accumulated over chunks in the compute dtype."""
+
+    def __init__(self, h, w, grad_dtype):
+        self.dt = grad_dtype if grad_dtype is not None and grad_dtype != h.dtype else None
+        self.h = h if self.dt is None else h.to(self.dt)
+        self.w = w if self.dt is None else w.to(self.dt)
+
+    def dh(self, dz, out):
+        if self.dt is None:
+            torch.mm(dz, self.w, out=out)  # [C, V] @ [V, d] -> [C, d]
+        else:
+            out.copy_(torch.mm(dz, self.w))
+
+    def dw(self, dz, rows, acc):
+        if self.dt is None:
+            acc.addmm_(dz.T, self.h[rows])  # [V, C] @ [C, d] -> [V, d]
+        else:
+            acc.add_(torch.mm(dz.T, self.h[rows]))
+
+    def operand(self, dz):
+        return dz if self.dt is None else dz.to(self.dt)
+
+
 def _chunked_backward(h, w, y, g, lse, need_dh: bool, need_dw: bool, opts):
     """g [M] = dL/dlogp -> dH [M, d] (or None), dW [V, d] (or None), in the compute dtype."""
     m = h.shape[0]
     dh = torch.empty_like(h) if need_dh else None
     dw = torch.zeros_like(w) if need_dw else None
+    gemms = _GradGemms(h, w, opts.grad_dtype)
     c = _chunk_size(opts, w.shape[0])
     for s in range(0, m, c):
         hc, yc, gc = h[s : s + c], y[s : s + c], g[s : s + c]
@@ -260,10 +290,11 @@ def _chunked_backward(h, w, y, g, lse, need_dh: bool, need_dw: bool, opts):
         dz[rows, yc] += gc
         if opts.softcap is not None:
             dz.mul_(dcap)
+        dz = gemms.operand(dz)
         if need_dh:
-            torch.mm(dz, w, out=dh[s : s + c])  # [C, V] @ [V, d] -> [C, d]
+            gemms.dh(dz, dh[s : s + c])
         if need_dw:
-            dw.addmm_(dz.T, hc)  # [V, C] @ [C, d] -> [V, d]
+            gemms.dw(dz, slice(s, s + c), dw)
     return dh, dw
 
 
@@ -342,16 +373,18 @@ def token_logprobs(
     chunk_size: int | None = None,
     softcap: float | None = None,
     filter_eps: float | None = None,
+    grad_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Per-token log-probs `log softmax(hidden @ weight.T)[t, targets[t]]` as `[N]` float32.
 
     Entries where `mask` is False (default: all True) are exactly 0 and cost no LM-head compute.
-    Differentiable w.r.t. `hidden` and `weight`.
+    Differentiable w.r.t. `hidden` and `weight`. `grad_dtype` (chunked): the backward GEMMs' operand
+    dtype, e.g. bf16 for bf16 inputs on a CPU with bf16 units (`_GradGemms`); None: the compute dtype.
     """
     if mask is None and isinstance(targets, torch.Tensor):
         mask = torch.ones(targets.shape, dtype=torch.bool, device=targets.device)
     _check_inputs(hidden, weight, targets, mask)
-    opts = LogprobOptions(backend=backend, chunk_size=chunk_size, softcap=softcap, filter_eps=filter_eps)
+    opts = LogprobOptions(backend, chunk_size, softcap, filter_eps, grad_dtype)
     return _token_logprobs(hidden, weight, targets, mask, opts)
 
 
@@ -376,15 +409,17 @@ def sequence_logprobs(
     chunk_size: int | None = None,
     softcap: float | None = None,
     filter_eps: float | None = None,
+    grad_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Per-sequence sums of masked token log-probs, `[num_seqs]` float32 (float64 for float64 inputs).
 
     hidden [N, d] (fp32/fp16/bf16), weight [V, d] (same dtype), targets [N] long (the token each row
     predicts), seq_ids [N] long in `[0, num_seqs)`, mask [N] bool (True = counted). Differentiable w.r.t.
-    `hidden` and `weight`. `backend` in `auto | triton | chunked | reference`.
+    `hidden` and `weight`. `backend` in `auto | triton | chunked | reference`; `grad_dtype` as for
+    `token_logprobs`.
     """
     _check_inputs(hidden, weight, targets, mask, seq_ids, num_seqs)
-    opts = LogprobOptions(backend=backend, chunk_size=chunk_size, softcap=softcap, filter_eps=filter_eps)
+    opts = LogprobOptions(backend, chunk_size, softcap, filter_eps, grad_dtype)
     logp = _token_logprobs(hidden, weight, targets, mask, opts)
     return torch.zeros(num_seqs, dtype=logp.dtype, device=hidden.device).index_add(0, seq_ids, logp)
 

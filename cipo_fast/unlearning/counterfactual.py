@@ -28,6 +28,7 @@ the tokens that carry it rather than on a different opening phrase.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -193,7 +194,7 @@ def generate_counterfactuals(
         for cot, answer in (seeds or {}).get(it.id, []):
             if passes_filter(cot, answer, True, facts[it.id], cfg, alt.get(it.id), judge, it.id):
                 out[it.id].append(Chosen(it.id, cot.strip(), answer.strip(), "seed"))
-    g = GenConfig(max_new_tokens=cfg.max_new_tokens, batch_size=gen.batch_size, seed=gen.seed + 17)
+    g = dataclasses.replace(gen, max_new_tokens=cfg.max_new_tokens, seed=gen.seed + 17)
     kinds = (("boundary", BOUNDARY_PROMPT), ("alt_path", ALT_PATH_PROMPT))
     # one strategy per prompt kind (same temperature and samples), named so batches are seeded apart
     jobs = [

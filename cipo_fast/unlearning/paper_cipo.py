@@ -30,6 +30,7 @@ the forget ones.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -177,7 +178,7 @@ def write_counterfactuals(
     first candidate pair that passes the checks), else the swap fallback. `facts[id]` are the item's key
     facts; every forget item's facts are forbidden in every trace."""
     forbidden = [f for fs in facts.values() for f in fs]
-    g = GenConfig(max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=gen.seed + 23)
+    g = dataclasses.replace(gen, seed=gen.seed + 23)
     prompts = [
         tok.prompt_text(
             ANSWER_PROMPT.format(

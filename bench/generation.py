@@ -1,0 +1,198 @@
+"""Batched decoding on this CPU: cipo-fast's generation loop against transformers' `generate` and the
+limits of a decode step.
+
+Question: how fast does cipo-fast sample the rows of a CiPO round or an evaluation (SmolLM2-135M, a batch
+of `--batch` chat prompts, `--new` new tokens each), in fp32 and under bf16 autocast, how does that compare
+with transformers' own `generate` on the same batch, and how far is a decode step from what the machine
+allows?
+
+Method: the demo's synthetic forget questions, chat-formatted with the demo's system prompt, repeated to
+`--batch` rows and left-padded as `generate_many` pads them. Every system decodes greedily for exactly
+`--new` tokens (EOS ignored: cipo-fast's `decode` with an EOS id that never occurs, transformers with
+`min_new_tokens`), so all do the same work; each is timed `--repeats` times after one warm-up call and
+the median is reported. Limits of one decode step of B rows: reading the weights once (their bytes / the
+measured memory read bandwidth, a large fp32 tensor summed) and computing `2 * P * B` FLOPs (P: the
+parameters a token passes through, the LM head included) at the GEMM rate measured at M = B rows.
+
+    python bench/generation.py                 # writes bench/out/generation.json and the README table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import OUT, ModelShape, gemm_rate, machine, publish, resolve_model
+
+
+def prompts(tok, n: int) -> list[str]:
+    """`n` chat-formatted demo forget questions (repeated as needed)."""
+    from cipo_fast import synthetic
+    from cipo_fast.data.io import read_jsonl
+    from cipo_fast.demo import SYSTEM_PROMPT
+
+    with tempfile.TemporaryDirectory() as d:
+        items = read_jsonl(synthetic.build(Path(d), seed=0)["forget"])
+    qs = [it["question"] for _, it in items]
+    msgs = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}] for q in qs]
+    texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def read_bandwidth_gb_s(nbytes: int = 2**30, repeats: int = 5) -> float:
+    import torch
+
+    x = torch.ones(nbytes // 4)
+    x.sum()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t)
+    return nbytes / statistics.median(times) / 1e9
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def run(a: argparse.Namespace) -> dict:
+    import torch
+
+    from cipo_fast.model.generation import decode
+    from cipo_fast.model.loading import ModelOptions, load_model
+    from cipo_fast.train.precision import cpu_bf16_units
+
+    work = Path(tempfile.mkdtemp(prefix="cipo-gen-"))
+    path = resolve_model(a.model, work)
+    model, tok = load_model(str(path), ModelOptions())
+    model.eval()
+    texts = prompts(tok, a.batch)
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, enc))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((a.batch, width), pad, dtype=torch.long)
+    mask = torch.zeros((a.batch, width), dtype=torch.long)
+    for k, e in enumerate(enc):
+        ids[k, width - len(e) :], mask[k, width - len(e) :] = torch.tensor(e), 1
+    greedy = torch.zeros(a.batch)
+
+    def ours(dtype):
+        def go():
+            ctx = torch.autocast("cpu", dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
+            with ctx:
+                out = decode(model, ids, mask, greedy, a.new, eos_id=-1, pad_id=pad)
+            assert out.shape == (a.batch, a.new), out.shape
+            return out
+
+        return go
+
+    @torch.no_grad()
+    def transformers_generate():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=a.new,
+            min_new_tokens=a.new,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        assert out.shape == (a.batch, width + a.new), out.shape
+        return out
+
+    systems = {"cipo-fast (fp32)": ours(None), "transformers generate (fp32)": transformers_generate}
+    if cpu_bf16_units() or a.bf16:
+        systems["cipo-fast (bf16 autocast)"] = ours(torch.bfloat16)
+    rows = []
+    for name, fn in systems.items():
+        times = timed(fn, a.repeats)
+        s = statistics.median(times)
+        rows.append({"system": name, "median_s": s, "times_s": times, "tokens_per_s": a.batch * a.new / s})
+        print(json.dumps(rows[-1]), flush=True)
+    same = torch.equal(ours(None)(), transformers_generate()[:, width:])
+    shape = ModelShape.from_dir(path)
+    p = sum(i * o * c for _, i, o, c in shape.linears())
+    bw = read_bandwidth_gb_s()
+    rate = gemm_rate(shape, a.batch)["flop_weighted_median_gflop_per_s"]
+    weight_bytes = 4 * shape.params()
+    limits = {
+        "params_per_token": p,
+        "weight_bytes": weight_bytes,
+        "read_bandwidth_gb_s": bw,
+        "gemm_gflop_per_s_at_batch": rate,
+        "step_s_weights_once": weight_bytes / bw / 1e9,
+        "step_s_compute": 2 * p * a.batch / rate / 1e9,
+    }
+    return {
+        "batch": a.batch,
+        "prompt_tokens_max": width,
+        "new_tokens": a.new,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "greedy_tokens_equal_to_transformers": same,
+        "limits": limits,
+    }
+
+
+def table(r: dict, facts: dict) -> str:
+    lim = r["limits"]
+    step_bound = max(lim["step_s_weights_once"], lim["step_s_compute"])
+    lines = [
+        f"Greedy decoding of {r['batch']} rows (the demo's forget questions, chat prompts of up to "
+        f"{r['prompt_tokens_max']} tokens, left-padded), {r['new_tokens']} new tokens each, SmolLM2-135M; "
+        f"{facts['cores']} cores ({facts['cpu']}), torch {facts['torch']}, transformers {facts['transformers']}. "
+        f"Median of the timed calls after a warm-up.",
+        "",
+        "| system | s per call | s per decode step | tokens/s | step ÷ its limit |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        step = row["median_s"] / r["new_tokens"]
+        lines.append(
+            f"| {row['system']} | {row['median_s']:.1f} | {step:.3f} | {row['tokens_per_s']:.0f} | "
+            f"{step / step_bound:.1f}× |"
+        )
+    lines += [
+        "",
+        f"Limits of one fp32 decode step of {r['batch']} rows: reading the weights once "
+        f"({lim['weight_bytes'] / 1e6:.0f} MB at {lim['read_bandwidth_gb_s']:.0f} GB/s) "
+        f"{1e3 * lim['step_s_weights_once']:.0f} ms; computing 2·P·B = "
+        f"{2 * lim['params_per_token'] * r['batch'] / 1e9:.1f} GFLOP at the fp32 GEMM rate at M = {r['batch']} "
+        f"({lim['gemm_gflop_per_s_at_batch']:.0f} GFLOP/s) {1e3 * lim['step_s_compute']:.0f} ms; attention over "
+        f"the cache not counted. cipo-fast's fp32 greedy tokens equal transformers': "
+        f"{'yes' if r['greedy_tokens_equal_to_transformers'] else 'no'}.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2", help="smollm2 | an HF model directory")
+    ap.add_argument("--batch", type=int, default=128, help="rows per batch (cipo-fast's gen_batch_size)")
+    ap.add_argument("--new", type=int, default=128, help="new tokens per row (the demo's max_new_tokens)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bf16", action="store_true", help="run bf16 autocast even without bf16 units")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not touch README.md")
+    a = ap.parse_args(argv)
+    facts = machine()
+    r = run(a)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "generation.json").write_text(json.dumps({"machine": facts, **r}, indent=2))
+    publish("bench-generation", table(r, facts), a.readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
