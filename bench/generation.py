@@ -57,14 +57,15 @@ def read_bandwidth_gb_s(nbytes: int = 2**30, repeats: int = 5) -> float:
     return nbytes / statistics.median(times) / 1e9
 
 
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
+def timed(fn, repeats: int) -> tuple[list[float], object]:
+    """(seconds of each timed call, the last call's result), after one warm-up call."""
+    out = fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        fn()
+        out = fn()
         times.append(time.perf_counter() - t)
-    return times
+    return times, out
 
 
 def run(a: argparse.Namespace) -> dict:
@@ -114,13 +115,13 @@ def run(a: argparse.Namespace) -> dict:
     systems = {"cipo-fast (fp32)": ours(None), "transformers generate (fp32)": transformers_generate}
     if cpu_bf16_units() or a.bf16:
         systems["cipo-fast (bf16 autocast)"] = ours(torch.bfloat16)
-    rows = []
+    rows, outputs = [], {}
     for name, fn in systems.items():
-        times = timed(fn, a.repeats)
+        times, outputs[name] = timed(fn, a.repeats)
         s = statistics.median(times)
         rows.append({"system": name, "median_s": s, "times_s": times, "tokens_per_s": a.batch * a.new / s})
         print(json.dumps(rows[-1]), flush=True)
-    same = torch.equal(ours(None)(), transformers_generate()[:, width:])
+    same = torch.equal(outputs["cipo-fast (fp32)"], outputs["transformers generate (fp32)"][:, width:])
     shape = ModelShape.from_dir(path)
     p = sum(i * o * c for _, i, o, c in shape.linears())
     bw = read_bandwidth_gb_s()

@@ -57,6 +57,9 @@ def file_digest(path: str | Path) -> str:
 # settings that say where a run lives or how it reports, not what it computes; the models are named by
 # the target's weights digest instead of their paths
 UNFINGERPRINTED = frozenset({"out", "resume", "overwrite", "progress", "label", "model", "original"})
+# fields a settings class gained after records were written: left out while at the value every earlier
+# run had, so the settings recorded before them keep their fingerprints
+LATER_FIELDS = {"EvalConfig": {"cpu_autocast": "off"}}
 
 
 def fingerprint(settings, extra: dict | None = None) -> str:
@@ -65,7 +68,12 @@ def fingerprint(settings, extra: dict | None = None) -> str:
 
     def norm(x):
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            x = {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}
+            later = LATER_FIELDS.get(type(x).__name__, {})
+            x = {
+                f.name: getattr(x, f.name)
+                for f in dataclasses.fields(x)
+                if f.name not in later or getattr(x, f.name) != later[f.name]
+            }
         if isinstance(x, dict):
             return {str(k): norm(v) for k, v in sorted(x.items()) if k not in UNFINGERPRINTED}
         if isinstance(x, (list, tuple)):

@@ -76,8 +76,8 @@ class DemoConfig:
     )
     cpu_autocast: str = opt(
         "off",
-        "training precision on the CPU (CiPO and the compared methods; the target's SFT and the evaluations "
-        "stay fp32): bf16 autocast, auto = when the CPU has bf16 units, off = fp32",
+        "precision on the CPU of every stage (the target's SFT -- another cached target --, CiPO, the compared "
+        "methods, the evaluations' decoding): bf16 autocast, auto = when the CPU has bf16 units, off = fp32",
         choices=("auto", "bf16", "off"),
     )
     progress: bool = opt(True, "progress bars")
@@ -134,6 +134,7 @@ def _eval_config(
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
         system_prompt=SYSTEM_PROMPT,
+        cpu_autocast=cfg.cpu_autocast,
         label=label,
         overwrite=True,  # an interrupted evaluation (OUT.partial) starts over
         progress=cfg.progress,
@@ -349,6 +350,7 @@ def target_model(cfg: DemoConfig, data: dict) -> Path:
             seed=cfg.seed,
             direct_answers=True,
             system_prompt=SYSTEM_PROMPT,
+            cpu_autocast=cfg.cpu_autocast,
             progress=cfg.progress,
         )
     )

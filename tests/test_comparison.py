@@ -233,4 +233,18 @@ def test_compare_record_takes_settings_from_targets_of_the_same_recipe_and_host(
     assert set(runs) == {"npo", "ga"} and given == {"b" * 64: 1, "a" * 64: 1}
     text = compare_tables.render(data, "b" * 64)
     assert "2 builds of one target recipe" in text and "bbbbbbbb… 1, aaaaaaaa… 1" in text
-    assert "their own rows equal in retain_accuracy." in text and compare_tables.group(data, "c" * 64) == ["c" * 64]
+    assert "their own rows equal in retain_accuracy." in text and compare_tables.group(data, "c" * 64) == [
+        "c" * 64
+    ]
+
+
+def test_fields_added_later_keep_the_fingerprints_recorded_before_them():
+    """EvalConfig gained `cpu_autocast` after settings were recorded: at "off" it is left out (the old
+    fingerprint), any other value changes the fingerprint."""
+    from cipo_fast.comparison_record import fingerprint
+    from cipo_fast.eval.evaluate import EvalConfig
+
+    cfg = EvalConfig(out="o", forget="f", model="m", samples=3)
+    before = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "cpu_autocast"}
+    assert fingerprint(cfg) == fingerprint(before)
+    assert fingerprint(dataclasses.replace(cfg, cpu_autocast="bf16")) != fingerprint(cfg)

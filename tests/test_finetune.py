@@ -70,6 +70,19 @@ def test_cache_key_follows_content_not_paths(tmp_path):
 
     assert key(a) == key(b) and key(a) != key(c)
     assert key(a) != key(a, epochs=4.0) and key(a) == key(a, progress=False, overwrite=True)
+    # `cpu_autocast` came later: at "off" the key is the one computed without the field (cached fp32
+    # targets and the compare record's recipes keep their keys); bf16 is another target
+    import hashlib
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    cfg = FinetuneConfig(model="m", data=(str(a),))
+    old = {**asdict(cfg), "out": None, "progress": None, "data": 1}
+    del old["overwrite"], old["cpu_autocast"]
+    h = hashlib.sha256(json.dumps(old, sort_keys=True).encode())
+    h.update(Path(a).read_bytes())
+    assert key(a) == h.hexdigest()[:16] and key(a, cpu_autocast="bf16") != key(a)
 
 
 def test_gsm8k_target_format():

@@ -3,6 +3,7 @@ emits a forbidden sequence, out-of-scope rows decode bit-identically, the STaR m
 trace, and `eval --guard` runs and reports."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,9 +227,9 @@ def test_eval_with_guard_runs_reports_and_keeps_out_of_scope_outputs(tiny_model_
         json.dumps({"id": "r0", "question": "What does Mira Osei cook?", "answer": "Stew."}) + "\n"
     )
 
-    def run(guard):
+    def run(guard, **over):
         cfg = EvalConfig(
-            out=str(tmp_path / guard),
+            out=str(tmp_path / guard / "-".join(over.values())),
             model=str(tiny_model_dir),
             forget=str(forget),
             retain=str(retain),
@@ -239,9 +240,10 @@ def test_eval_with_guard_runs_reports_and_keeps_out_of_scope_outputs(tiny_model_
             judge="spans",
             fluency=False,
             progress=False,
+            **over,
         )
         summary = main(cfg)
-        rows = [json.loads(x) for x in (tmp_path / guard / "items.jsonl").read_text().splitlines()]
+        rows = [json.loads(x) for x in (Path(cfg.out) / "items.jsonl").read_text().splitlines()]
         return summary, {r["id"]: r.get("output", r.get("outputs")) for r in rows if r["set"] == "retain"}
 
     plain, plain_retain = run("none")
@@ -252,5 +254,8 @@ def test_eval_with_guard_runs_reports_and_keeps_out_of_scope_outputs(tiny_model_
     assert report["n"] == {"forget": 2, "retain": 1} and report["steps"] > 0 and report["seconds"] >= 0
     assert json.loads((tmp_path / "star" / "summary.json").read_text())["guard"]["name"] == "star"
     assert retain_out == plain_retain
+    # --cpu-autocast bf16 decodes under autocast and says so; the fp32 run said it ran natively
+    assert plain["decoding_precision"] == "native"
+    assert run("none", cpu_autocast="bf16")[0]["decoding_precision"] == "bf16-autocast"
     with pytest.raises(ValueError, match="--guard"):
         EvalConfig(out="o", forget=str(forget), predictions="p.jsonl", guard="star")

@@ -597,3 +597,38 @@ def test_long_prefix_sharing_segment_runs_causal_and_equals_the_mask(monkeypatch
     torch.testing.assert_close(padded, masked, **tol)
     for a, b in zip(g_padded, g_masked):
         torch.testing.assert_close(a, b, **tol)
+
+
+def test_short_segments_attend_in_fp32_under_cpu_bf16_autocast(monkeypatch):
+    """Under CPU bf16 autocast a segment shorter than `BF16_MIN_TOKENS` runs SDPA in fp32 on its bf16
+    inputs (equal to fp32 SDPA of them, fp32 out), a longer one in bf16 as autocast would."""
+    from cipo_fast.model import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, n, 20, 8).bfloat16() for n in (4, 2, 2))
+    cu = torch.tensor([0, 12, 20])
+    module = torch.nn.Module()
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append(q.dtype)
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attention._varlen_sdpa(module, q, k, v, None, cu_seq_lens_q=cu)
+    assert seen == [torch.float32, torch.float32] and out.dtype == torch.float32
+    ref = torch.cat(
+        [
+            real(*(x[:, :, a:b].float() for x in (q, k, v)), is_causal=True, enable_gqa=True)
+            for a, b in ((0, 12), (12, 20))
+        ],
+        dim=2,
+    ).transpose(1, 2)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    seen.clear()
+    monkeypatch.setattr(attention, "BF16_MIN_TOKENS", 10)  # segment 0 (12 tokens) is long now
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attention._varlen_sdpa(module, q, k, v, None, cu_seq_lens_q=cu)
+    assert seen == [torch.bfloat16, torch.float32]

@@ -60,6 +60,11 @@ class FinetuneConfig:
     checkpoint_every: int = opt(0, "activation checkpointing of every n-th decoder layer; 0 = off", ge=0)
     direct_answers: bool = opt(False, "also train answers after an empty think block")
     system_prompt: str | None = opt(None, "system message added to chat prompts")
+    cpu_autocast: str = opt(
+        "off",
+        "fp32 weights on the CPU: bf16 autocast (bf16; auto = when the CPU has bf16 units), off = fp32",
+        choices=("auto", "bf16", "off"),
+    )
     progress: bool = opt(True, "progress bars")
     overwrite: bool = opt(False, "replace a target model of other inputs in --out")
 
@@ -114,6 +119,8 @@ def cache_key(cfg: FinetuneConfig) -> str:
     the same data written elsewhere, e.g. by another demo run, finds the cached model)."""
     settings = {**asdict(cfg), "out": None, "progress": None, "data": len(cfg.data)}
     del settings["overwrite"]
+    if settings["cpu_autocast"] == "off":  # added later: fp32 targets keep the keys they had before
+        del settings["cpu_autocast"]
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in cfg.data:
         h.update(Path(path).read_bytes())
@@ -136,6 +143,7 @@ def train_config(cfg: FinetuneConfig, data: str, out: Path, resume: bool) -> Tra
         seed=cfg.seed,
         checkpoint_every=cfg.checkpoint_every,
         system_prompt=cfg.system_prompt,
+        cpu_autocast=cfg.cpu_autocast,
         save_steps=SAVE_STEPS,
         resume=resume,
         overwrite=not resume,

@@ -34,6 +34,7 @@ from cipo_fast.eval.rtofu import rtofu_summary
 from cipo_fast.eval.scoring import accuracy_set, sample_forget, summarize_forget
 from cipo_fast.model.generation import STRATEGY_NAMES, GenConfig, make_strategies
 from cipo_fast.options import check_fields, opt
+from cipo_fast.train.precision import autocast_dtype, precision_tag
 from cipo_fast.train.run_dir import RunDir
 from cipo_fast.unlearning.guards import GUARD_NAMES, build_guard
 
@@ -91,6 +92,12 @@ class EvalConfig:
     think_close: str = opt(THINK_CLOSE, "tag that closes the think block")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda or cuda:N")
     dtype: str = opt("float32", "parameter dtype", choices=("float32", "bfloat16", "float16"))
+    cpu_autocast: str = opt(
+        "off",
+        "fp32 weights on the CPU: decode under bf16 autocast (bf16; auto = when the CPU has bf16 units); "
+        "log-prob scoring stays fp32",
+        choices=("auto", "bf16", "off"),
+    )
     trust_remote_code: bool = opt(False, "allow models that ship their own code")
     label: str | None = opt(None, "label of the evaluated model in the report")
     overwrite: bool = opt(False, "replace an earlier evaluation in --out")
@@ -146,7 +153,9 @@ def evaluate_model(
     inference; without it the model scores its own outputs."""
     t0, judged = time.perf_counter(), judge.seconds
     strategies = make_strategies(cfg.strategies, cfg.samples, tok.reasoning)
-    gen = GenConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+    device = next(model.parameters()).device
+    autocast = autocast_dtype(cfg, device) if device.type == "cpu" else None  # CUDA: the model's dtype
+    gen = GenConfig(cfg.max_new_tokens, cfg.batch_size, cfg.seed, autocast)
     embed = judge.embed if Embedder.available() else None  # the guard shares the judge's embeddings
     guard = build_guard(cfg.guard, sets["forget"], model, tok.tok, tok.reasoning, embed)
     scored = sample_forget(model, tok, sets["forget"], strategies, gen, cfg.progress, judge, guard)
@@ -176,6 +185,7 @@ def evaluate_model(
         for part in ("answer", "cot"):  # open-unlearning's privleak with no retain model: reference AUC 0.5
             for entry in summary["mia"].get(part, {}).get("attacks", {}).values():
                 entry["privleak"] = privleak(entry["auc"], 0.5)
+    summary["decoding_precision"] = precision_tag(autocast)
     summary["timing"] = {
         "seconds": round(time.perf_counter() - t0, 1),
         "judge_s": round(judge.seconds - judged, 1),

@@ -19,6 +19,12 @@ d 64, forward + backward): P = 64, T = 4096: 702 ms padded vs 1415 ms masked; T 
 T = 256: 8.7 vs 7.4 ms; P = T = 512: 61 vs 45 ms. Hence padded when T >= `PADDED_MIN_TOKENS` and
 P <= T / 2.
 
+Under bf16 autocast on the CPU, a segment shorter than `BF16_MIN_TOKENS` runs its attention in fp32
+(autocast off, q / k / v upcast; the output goes back to bf16 in the next matmul): PyTorch's CPU flash
+kernel is slower in bf16 than in fp32 on short blocks. Measured on the AMD EPYC host (avx512_bf16; 8
+segments of T tokens, 9 heads, 3 KV heads, d 64, forward + backward), bf16 / fp32 time: T = 128: 2.17,
+T = 256: 1.29, T = 512: 0.75, T = 1024: 0.80.
+
 Outside packed training calls (generation with a KV cache), `cipo_varlen` is plain SDPA with the mask
 transformers builds.
 """
@@ -34,6 +40,16 @@ import torch.nn.functional as F
 VARLEN_ATTN = "cipo_varlen"
 # a prefix-sharing segment this long (and its prefix at most half as long) runs padded
 PADDED_MIN_TOKENS = 1024
+# under CPU bf16 autocast, shorter segments attend in fp32 (module docstring)
+BF16_MIN_TOKENS = 384
+
+
+def _sdpa(q, k, v, **kw):
+    """`F.scaled_dot_product_attention`, in fp32 for a short segment under CPU bf16 autocast."""
+    if q.device.type == "cpu" and q.shape[2] < BF16_MIN_TOKENS and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw)
+    return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
 def _varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -59,20 +75,16 @@ def _varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
             v = torch.cat((value[:, :, pa:pb], value[:, :, a:b]), dim=2)
             if b - a >= PADDED_MIN_TOKENS and 2 * (pb - pa) <= b - a:  # the module docstring's rule
                 q = torch.cat((query[:, :, pa:pb], query[:, :, a:b]), dim=2)
-                full = F.scaled_dot_product_attention(
-                    q, k, v, is_causal=True, scale=scaling, dropout_p=drop, enable_gqa=gqa
-                )
+                full = _sdpa(q, k, v, is_causal=True, scale=scaling, dropout_p=drop, enable_gqa=gqa)
                 outs.append(full[:, :, pb - pa :])
                 continue
             mask = torch.ones(b - a, pb - pa + b - a, dtype=torch.bool, device=query.device).tril(pb - pa)
             outs.append(
-                F.scaled_dot_product_attention(
-                    query[:, :, a:b], k, v, attn_mask=mask, scale=scaling, dropout_p=drop, enable_gqa=gqa
-                )
+                _sdpa(query[:, :, a:b], k, v, attn_mask=mask, scale=scaling, dropout_p=drop, enable_gqa=gqa)
             )
         else:
             outs.append(
-                F.scaled_dot_product_attention(
+                _sdpa(
                     query[:, :, a:b],
                     key[:, :, a:b],
                     value[:, :, a:b],
