@@ -175,9 +175,10 @@ def test_generation_smoke(tiny_model_dir, tmp_path):
     names = [row["system"] for row in r["rows"]]
     assert names == ["cipo-fast (fp32)", "transformers generate (fp32)", "cipo-fast (bf16 autocast)"]
     assert all(row["median_s"] > 0 and row["tokens_per_s"] > 0 for row in r["rows"])
-    assert r["greedy_tokens_equal_to_transformers"] is True
+    assert r["greedy_rows_equal_to_transformers"] == 3 and r["greedy_first_difference_at"] == []
     lim = r["limits"]
     assert lim["read_bandwidth_gb_s"] > 0 and lim["step_s_compute"] > 0 and lim["step_s_weights_once"] > 0
+    assert lim["step_s_compute_bf16"] > 0
 
 
 def test_memory_scaling_timeouts_and_reused_points(tmp_path):
