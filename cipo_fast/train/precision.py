@@ -1,7 +1,7 @@
 """Which precision a run computes in: bf16 autocast over fp32 master weights, or plain fp32.
 
     CUDA   fp32 weights train under bf16 autocast (as transformers' `bf16=True` does).
-    CPU    `--cpu-autocast auto` (default): bf16 autocast when the CPU has bf16 dot-product units, read
+    CPU    `--cpu-autocast auto`: bf16 autocast when the CPU has bf16 dot-product units, read
            from the kernel's CPU flags (`avx512_bf16`: AMD Zen 4+, Intel Cooper Lake / Sapphire Rapids+;
            `amx_bf16`: Intel AMX), fp32 otherwise -- a CPU without them runs bf16 GEMMs by conversion, no
            faster than fp32. `bf16` forces autocast, `off` (the default for now) forbids it. On the AMD EPYC
