@@ -59,10 +59,10 @@ def _chunks(group_rows: list[tuple[int, int]], budget: int) -> list[tuple[int, i
     return runs
 
 
-def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, need_dh, need_dw, grad_dtype):
-    """Active rows only: h [M, d], y [M], seq_of / shared_of [M] (shared_of: num_seqs = none).
-    Returns (loss, logps [S], dh [M, d] or None, dw [V, d] or None)."""
-    gemms = _GradGemms(h, w, grad_dtype)  # GEMMs 2 and 3, in `grad_dtype` when given
+def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, need_dh, need_dw, gemms):
+    """Active rows only: h [M, d], y [M], seq_of / shared_of [M] (shared_of: num_seqs = none); `gemms`
+    (`_GradGemms` of h, w) does GEMMs 2 and 3. Returns (loss, logps [S], dh [M, d] or None, dw [V, d] or
+    None)."""
     m = h.shape[0]
     ends = [0] + [b for _, b in group_rows]
     if m and (ends[-1] != m or any(a != e for (a, _), e in zip(group_rows, ends))):
@@ -124,7 +124,8 @@ class _FusedGroupLoss(torch.autograd.Function):
         group_bounds, num_seqs, loss_of, budget, grad_dtype = plan
         idx = mask.nonzero()[:, 0]
         cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        h, w = hidden.index_select(0, idx).to(cdt), weight.to(cdt)
+        h_in = hidden.index_select(0, idx)
+        h, w = h_in.to(cdt), weight.to(cdt)
         # each group's active rows: [first active index >= its first position, ... < its end)
         bounds = torch.tensor(group_bounds, dtype=idx.dtype, device=idx.device).reshape(-1, 2)
         rows = torch.searchsorted(idx, bounds).tolist()
@@ -141,7 +142,7 @@ class _FusedGroupLoss(torch.autograd.Function):
             budget,
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
-            grad_dtype,
+            _GradGemms(h, w, grad_dtype, (h_in, weight)),  # bf16 inputs serve as the bf16 operands
         )
         dh = None  # kept in the compute dtype until backward scales it
         if dh_m is not None:

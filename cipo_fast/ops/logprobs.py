@@ -248,12 +248,19 @@ class _GradGemms:
     inputs on a CPU with units for them), on operands rounded to it: dz is rounded once per chunk, W and h
     once per call. The logits GEMM stays in the compute dtype -- a CPU GEMM returns its inputs' dtype, and
     bf16 logits (8 mantissa bits: +-0.06 at |z| ~ 20) would move every log-prob -- while the gradients
-    end in the input dtype anyway; dW is accumulated over chunks in the compute dtype."""
+    end in the input dtype anyway; dW is accumulated over chunks in the compute dtype. `inputs`: the op's
+    own (h, w) before their upcast, used as the low-precision operands when already in `grad_dtype`
+    instead of rounding the upcast copies back."""
 
-    def __init__(self, h, w, grad_dtype):
+    def __init__(self, h, w, grad_dtype, inputs=(None, None)):
         self.dt = grad_dtype if grad_dtype is not None and grad_dtype != h.dtype else None
-        self.h = h if self.dt is None else h.to(self.dt)
-        self.w = w if self.dt is None else w.to(self.dt)
+
+        def low(x, given):
+            if self.dt is None:
+                return x
+            return given if given is not None and given.dtype == self.dt else x.to(self.dt)
+
+        self.h, self.w = low(h, inputs[0]), low(w, inputs[1])
 
     def dh(self, dz, out):
         if self.dt is None:
@@ -271,12 +278,13 @@ class _GradGemms:
         return dz if self.dt is None else dz.to(self.dt)
 
 
-def _chunked_backward(h, w, y, g, lse, need_dh: bool, need_dw: bool, opts):
-    """g [M] = dL/dlogp -> dH [M, d] (or None), dW [V, d] (or None), in the compute dtype."""
+def _chunked_backward(h, w, y, g, lse, need_dh: bool, need_dw: bool, opts, inputs=(None, None)):
+    """g [M] = dL/dlogp -> dH [M, d] (or None), dW [V, d] (or None), in the compute dtype; `inputs` as
+    for `_GradGemms`."""
     m = h.shape[0]
     dh = torch.empty_like(h) if need_dh else None
     dw = torch.zeros_like(w) if need_dw else None
-    gemms = _GradGemms(h, w, opts.grad_dtype)
+    gemms = _GradGemms(h, w, opts.grad_dtype, inputs)
     c = _chunk_size(opts, w.shape[0])
     for s in range(0, m, c):
         hc, yc, gc = h[s : s + c], y[s : s + c], g[s : s + c]
@@ -345,10 +353,11 @@ class _TokenLogprobs(torch.autograd.Function):
             return dh, dw, None, None, None, None
         hidden, weight, targets, idx, lse = ctx.saved_tensors
         cdt = _compute_dtype(hidden)
-        h, w = hidden.index_select(0, idx).to(cdt), weight.to(cdt)
+        h_in = hidden.index_select(0, idx)
+        h, w = h_in.to(cdt), weight.to(cdt)
         g = grad_logp.index_select(0, idx).to(cdt)
         dh_m, dw = _chunked_backward(
-            h, w, targets.index_select(0, idx), g, lse.to(cdt), need_dh, need_dw, ctx.opts
+            h, w, targets.index_select(0, idx), g, lse.to(cdt), need_dh, need_dw, ctx.opts, (h_in, weight)
         )
         dh = None
         if need_dh:
