@@ -39,7 +39,7 @@ demo: setup
 	$(VENV)/bin/cipo-fast demo --out runs/demo
 
 bench: setup
-	$(PY) bench/kernels.py
+	$(PY) bench/fused_head.py
 	$(PY) bench/throughput.py
 	$(PY) bench/memory_scaling.py
 

@@ -124,7 +124,7 @@ def load_bench(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     # the scripts import their siblings (`memory_table`, ...) by plain name, as when run from bench/; only
-    # while loading, so that bench/kernels.py cannot shadow a `kernels` package for the rest of the session
+    # while loading, so that no bench script can shadow an installed package for the rest of the session
     sys.path.insert(0, str(BENCH))
     try:
         spec.loader.exec_module(module)
@@ -202,3 +202,33 @@ def test_memory_scaling_timeouts_and_reused_points(tmp_path):
     report = {"mem_limit_gib": 22, "timeout_s": 600, "model": "tiny", "rows": [row, killed]}
     load_bench("memory_table").plot(report, ["cipo-fast"], tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_no_bench_script_shadows_an_installed_or_probed_module():
+    """A script's folder goes first on `sys.path`, and several tests put bench/ there too: a script named like
+    an installed module shadows it for every later import (bench/kernels.py did so to the `kernels` package that
+    transformers 5.25 installs and imports, failing CI). Also the optional packages transformers probes for,
+    which a later install would bring in."""
+    import re
+
+    import transformers.utils.import_utils as tiu
+
+    probed = set(
+        re.findall(r"_is_package_available\(\s*[\"']([A-Za-z0-9_]+)[\"']", Path(tiu.__file__).read_text())
+    )
+    assert "kernels" in probed  # the probe scan itself still sees what it should
+    saved, bench = list(sys.path), BENCH.resolve()
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != bench]
+    try:
+        clashes = []
+        for script in sorted(BENCH.glob("*.py")):
+            name = script.stem
+            spec = importlib.util.find_spec(name) if name not in sys.modules else sys.modules[name].__spec__
+            outside = (
+                spec is not None and spec.origin and not Path(spec.origin).resolve().is_relative_to(bench)
+            )
+            if outside or name in probed:
+                clashes.append(name)
+    finally:
+        sys.path[:] = saved
+    assert not clashes, f"bench scripts named like other modules: {clashes}"

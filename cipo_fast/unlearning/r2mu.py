@@ -149,9 +149,10 @@ def _mask(maker, config, embeds: torch.Tensor, position_ids: torch.Tensor):
     names = inspect.signature(maker).parameters
     kw = {"config": config, "attention_mask": None, "position_ids": position_ids}
     kw["inputs_embeds" if "inputs_embeds" in names else "input_embeds"] = embeds
-    for name in ("cache", "past_key_values"):
+    for name in ("cache", "past_key_values"):  # one of them: 5.25 warns when both are passed
         if name in names:
             kw[name] = None
+            break
     if "cache_position" in names:
         kw["cache_position"] = torch.arange(embeds.shape[1], device=embeds.device)
     return maker(**kw)

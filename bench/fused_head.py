@@ -12,8 +12,8 @@ reports the median. Memory is the process's peak RSS minus its RSS after the inp
 peak), and the total peak RSS. Reference log-probs are given as precomputed numbers to all three (Liger runs
 with `use_ref_model=False` and the same result, so no side computes a reference forward).
 
-    python bench/kernels.py                  # N in 1k, 4k, 16k; writes bench/out/kernels.json + README table
-    python bench/kernels.py --point chunked 4096   # one point (what the driver runs in a subprocess)
+    python bench/fused_head.py                  # N in 1k, 4k, 16k; writes bench/out/kernels.json + README table
+    python bench/fused_head.py --point chunked 4096   # one point (what the driver runs in a subprocess)
 
 On a CPU with bf16 units (`cipo_fast.train.precision.cpu_bf16_units`) it also runs `fused-bf16` and
 `liger-bf16`: the same job on bf16 hidden states and head weight, as `--cpu-autocast bf16` hands them to
