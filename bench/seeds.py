@@ -67,6 +67,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="CiPO's learning rate (the demo's)")
     p.add_argument("--sft-epochs", type=float, default=4.5)
     p.add_argument("--record", type=Path, default=None, help="demo --compare record to read and extend")
+    p.add_argument(
+        "--cpu-autocast",
+        choices=("auto", "bf16", "off"),
+        default="off",
+        help="the demo's --cpu-autocast for every stage of every seed (bf16 targets are other targets)",
+    )
     p.add_argument("--smoke", action="store_true", help="3 authors, one round, 8 new tokens")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-readme", dest="readme", action="store_false")
@@ -104,6 +110,7 @@ def demo_config(a: argparse.Namespace, seed: int):
         compare_at=tuple(f"{m}={lr!r}" for m, lr in a.pinned.items()),
         compare_steps=2 if a.smoke else None,  # a tiny target may leak nothing, leaving CiPO without steps
         compare_record=str(a.record) if a.record else None,
+        cpu_autocast=a.cpu_autocast,
         progress=a.progress,
         **(smoke if a.smoke else {}),
     )
@@ -218,6 +225,7 @@ def main(argv=None) -> dict:
         "machine": machine(),
         "command": "python bench/seeds.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "leak_line": LEAK_LINE,
+        "cpu_autocast": a.cpu_autocast,
         "per_seed": {str(s): rows for s, rows in per_seed.items()},
         "summary": summary,
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -225,7 +233,8 @@ def main(argv=None) -> dict:
     a.result.parent.mkdir(parents=True, exist_ok=True)
     write_json(a.result, out)
     note = (
-        f"Seeds {', '.join(map(str, a.seeds))}; host: {out['machine'].get('cpu', '?')}; wall time of this run "
+        f"Seeds {', '.join(map(str, a.seeds))}; host: {out['machine'].get('cpu', '?')}; "
+        f"CPU autocast: {a.cpu_autocast}; wall time of this run "
         f"{out['wall_s'] / 60:.0f} min (stages reused from an earlier run count as 0). Cells: mean ± sample "
         f"sd over the seeds in points (min–max); lines: worst leak ≤ {LEAK_LINE:.0%} and retain / arithmetic "
         "within 10 points of the seed's target; unseen: the same facts asked in question templates never "

@@ -54,9 +54,12 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-# settings that say where a run lives or how it reports, not what it computes; the models are named by
-# the target's weights digest instead of their paths
-UNFINGERPRINTED = frozenset({"out", "resume", "overwrite", "progress", "label", "model", "original"})
+# settings that say where a run lives or how it reports, not what it computes (the models are named by
+# the target's weights digest instead of their paths), or only how fast: `checkpoint_attention` gives the
+# same gradients bit for bit (tests/test_checkpointing.py)
+UNFINGERPRINTED = frozenset(
+    {"out", "resume", "overwrite", "progress", "label", "model", "original", "checkpoint_attention"}
+)
 # fields a settings class gained after records were written: left out while at the value every earlier
 # run had, so the settings recorded before them keep their fingerprints
 LATER_FIELDS = {"EvalConfig": {"cpu_autocast": "off"}}

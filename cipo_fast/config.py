@@ -267,6 +267,11 @@ class TrainConfig:
     lora_r: int = opt(0, "LoRA rank; 0 = full fine-tuning", ge=0)
     lora_alpha: int = opt(16, "LoRA alpha", ge=1)
     checkpoint_every: int = opt(1, "activation checkpointing of every n-th decoder layer; 0 = off", ge=0)
+    checkpoint_attention: Literal["keep", "recompute"] = opt(
+        "keep",
+        "under activation checkpointing: keep attention's outputs, T (d + heads) numbers per layer, instead of "
+        "recomputing attention in the backward pass (same gradients; cipo_fast.model.checkpointing)",
+    )
     trust_remote_code: bool = opt(False, "allow models that ship their own code")
     fsdp_cpu_offload: bool = opt(
         False,

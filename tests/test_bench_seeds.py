@@ -106,3 +106,12 @@ def test_smoke_run_over_two_seeds(tiny_model_dir, tmp_path, monkeypatch):
     calls.clear()
     again = seeds.main(argv)
     assert not calls and again["per_seed"] == out["per_seed"]
+
+
+def test_cpu_autocast_reaches_every_seeds_demo(tmp_path):
+    seeds = _bench()
+    a = seeds.parse(["--out", str(tmp_path), "--cpu-autocast", "bf16", "--seeds", "3"])
+    assert seeds.demo_config(a, 3).cpu_autocast == "bf16"
+    assert seeds.demo_config(seeds.parse(["--out", str(tmp_path)]), 0).cpu_autocast == "off"
+    with pytest.raises(SystemExit):
+        seeds.parse(["--cpu-autocast", "fp8"])

@@ -83,6 +83,7 @@ def main(cfg: TrainConfig) -> dict:
             device=cfg.device,
             trust_remote_code=cfg.trust_remote_code,
             checkpoint_every=cfg.checkpoint_every,
+            checkpoint_keep_attention=cfg.checkpoint_attention == "keep",
         ),
     )
     steered = prepare(model, r.r2mu_layer, r.train_layers, r.r2mu_params)

@@ -3,6 +3,7 @@
 sources.py     what `--model` may name (HF directory, hub name, .gguf, the smollm2-135m alias)
 loading.py     `load_model` (device, dtype, attention, Liger kernels, activation checkpointing, LoRA),
                `model_fingerprint`, saving the final HF-format directory
+checkpointing.py  activation checkpointing that keeps attention's outputs (selective, same gradients)
 attention.py   `cipo_varlen`: causal SDPA per packed sequence, with the prefix ranges of prefix sharing
 forward.py     final hidden states of a packed micro-batch -> fused log-prob sums (`micro_batch_logps`,
                `score_sequences`), the LM-head transform (`HeadSpec`) and its check

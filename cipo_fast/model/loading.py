@@ -4,7 +4,7 @@
 (`attention.pick_attention`: flash-attn varlen on CUDA when installed, else `cipo_varlen`), moves the
 model to its device, applies Liger's RMSNorm/SwiGLU/RoPE kernels on CUDA when installed (never its
 LM-head kernels: the head is cipo-fast's own fused op), turns on activation checkpointing every n-th
-decoder layer and wraps the model in LoRA adapters when asked. `model_fingerprint` hashes the weights:
+decoder layer (`checkpointing`: attention's outputs kept) and wraps the model in LoRA adapters when asked. `model_fingerprint` hashes the weights:
 the key of everything cached per model (reference log-probs).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from cipo_fast.model.attention import pick_attention, register_varlen_attention
+from cipo_fast.model.checkpointing import enable_checkpointing
 from cipo_fast.model.sources import resolve_source
 
 
@@ -31,6 +32,7 @@ class ModelOptions:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     checkpoint_every: int = 0  # activation checkpointing of every n-th decoder layer; 0 = off
+    checkpoint_keep_attention: bool = True  # checkpointing keeps attention's outputs (`checkpointing`)
     liger: bool = True  # Liger's RMSNorm/SwiGLU/RoPE kernels on CUDA when installed
 
 
@@ -110,13 +112,7 @@ def prepare_model(model, opts: ModelOptions, device: torch.device | None = None)
     if opts.liger and device.type == "cuda":
         _apply_liger(model)
     if opts.checkpoint_every > 0:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
-            model.activation_checkpointing_enable(
-                {"use_reentrant": False}, every_n_layers=opts.checkpoint_every
-            )
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_checkpointing(model, opts.checkpoint_every, opts.checkpoint_keep_attention)
     if opts.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 

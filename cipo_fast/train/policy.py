@@ -70,6 +70,7 @@ def load_policy(cfg, tok: Tokenizer):
             lora_r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             checkpoint_every=cfg.checkpoint_every,
+            checkpoint_keep_attention=cfg.checkpoint_attention == "keep",
         ),
     )
     check_logits_path(model, tok.tok, cfg.backend)
