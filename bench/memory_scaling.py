@@ -14,6 +14,7 @@ the same length. Each point runs in a fresh process with its address space cappe
   of its own --, activation checkpointing of every layer, reference log-probs precomputed by the policy;
   fresh cache directory per point) with `--max-steps 1 --batch-size 1 --prompt-format raw` and a
   `--max-length` that cuts nothing. Step time = its `step_time_s`.
+  `cipo-fast-recompute` (only with `--systems`): the same with `--checkpoint-attention recompute`.
 * TRL: DPOTrainer defaults (gradient checkpointing, a second model as the reference, fused AdamW) with
   `use_cpu=True, bf16=False, per_device_train_batch_size=1, max_steps=1` and `max_length=None` (its default
   1024 would cut the sequences). Step time = `on_step_begin` -> `on_step_end`.
@@ -66,6 +67,8 @@ from loss_path_memory import LOSS_PATH_FORMULAS, loss_path_row
 from memory_table import plot, table
 
 SYSTEMS = ("cipo-fast", "trl-default")
+# on request (--systems): cipo-fast with checkpointing recomputing attention too (cipo_fast.model.checkpointing)
+EXTRA_SYSTEMS = ("cipo-fast-recompute",)
 PROMPT = "Tell me a very long story about a journey:"
 WORD_SOURCE = (  # common English words; those that are one token with a leading space are used
     "the of and to in is was for on that with as it his by at from he her they be this had not are but "
@@ -115,7 +118,16 @@ def point_cipo(a: argparse.Namespace) -> dict:
     from cipo_fast.trainers.preference import main
 
     work = Path(a.workdir)
-    cfg = cipo_dpo_config(a.model_path, a.data, work, batch_size=1, max_steps=1, max_length=a.max_length)
+    keep = "recompute" if a.point[0] == "cipo-fast-recompute" else "keep"
+    cfg = cipo_dpo_config(
+        a.model_path,
+        a.data,
+        work,
+        batch_size=1,
+        max_steps=1,
+        max_length=a.max_length,
+        checkpoint_attention=keep,
+    )
     summary = main(cfg)
     metrics = work / "run" / "metrics.jsonl"
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
@@ -130,6 +142,7 @@ def point_cipo(a: argparse.Namespace) -> dict:
         "settings": {
             "token_budget": cfg.token_budget,
             "checkpoint_every": cfg.checkpoint_every,
+            "checkpoint_attention": cfg.checkpoint_attention,
             "ref_mode": cfg.ref_mode,
             "max_length": cfg.max_length,
         },
@@ -364,17 +377,21 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.point:
-        if a.point[0] not in SYSTEMS:
-            raise SystemExit(f"--point: unknown system {a.point[0]!r}; valid: {', '.join(SYSTEMS)}")
+        if a.point[0] not in SYSTEMS + EXTRA_SYSTEMS:
+            raise SystemExit(
+                f"--point: unknown system {a.point[0]!r}; valid: {', '.join(SYSTEMS + EXTRA_SYSTEMS)}"
+            )
         sampler = RssSampler()
-        r = (point_cipo if a.point[0] == "cipo-fast" else point_trl)(a)
+        r = (point_trl if a.point[0] == "trl-default" else point_cipo)(a)
         r["peak_rss_sampled_until_step_end_bytes"] = sampler.peak_until(r.pop("step_end"))
         r["vm_peak_bytes"] = vm_peak_bytes()  # address space, which the cap limits (> RSS)
         emit(r)
         return 0
     for name in a.systems.split(","):
-        if name not in SYSTEMS:
-            raise SystemExit(f"--systems: unknown system {name!r}; valid: {', '.join(SYSTEMS)}")
+        if name not in SYSTEMS + EXTRA_SYSTEMS:
+            raise SystemExit(
+                f"--systems: unknown system {name!r}; valid: {', '.join(SYSTEMS + EXTRA_SYSTEMS)}"
+            )
     os.makedirs(a.out, exist_ok=True)
     return measure(a)
 

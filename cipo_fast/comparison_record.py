@@ -62,7 +62,7 @@ UNFINGERPRINTED = frozenset(
 )
 # fields a settings class gained after records were written: left out while at the value every earlier
 # run had, so the settings recorded before them keep their fingerprints
-LATER_FIELDS = {"EvalConfig": {"cpu_autocast": "off"}}
+LATER_FIELDS = {"EvalConfig": {"cpu_autocast": "off"}, "R2muConfig": {"r2mu_adaptive_scale": None}}
 
 
 def fingerprint(settings, extra: dict | None = None) -> str:

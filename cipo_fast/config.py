@@ -138,6 +138,14 @@ class R2muConfig:
         "--steering_coeffs 6.5; argparse default 20, unlearn_r2mu.py:359)",
         gt=0,
     )
+    r2mu_adaptive_scale: float | None = opt(
+        None,
+        "Adaptive RMU: c = this beta x the mean per-token norm of the original model's layer-l output on the "
+        "first forget batch, instead of --r2mu-steering-coeff (Dang et al. 2025, arXiv 2408.06223; their "
+        "code: 5.0). c = 6.5 was set for 7-14B models; a model whose activations have another scale needs "
+        "its own c",
+        gt=0,
+    )
     r2mu_alpha: float = opt(
         1.7,
         "weight of the retain activation-matching term (README.md:50 ALPHA=1.7; argparse default 100, "

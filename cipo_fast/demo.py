@@ -270,8 +270,9 @@ def _forget_stale(run: Path, fp: str) -> None:
 
 
 def _method_config(cfg: DemoConfig, spec, files: dict, data: dict, lr: float, epochs: float, **common):
-    """The `TrainConfig` of one compared setting. R²MU takes its own learning rate and batch options and
-    preserves the activations of the demo's arithmetic training problems (its reasoning data)."""
+    """The `TrainConfig` of one compared setting. R²MU takes its own learning rate and batch options,
+    preserves the activations of the demo's arithmetic training problems (its reasoning data) and sets its
+    steering coefficient from the model's activations (`--r2mu-adaptive-scale`)."""
     if spec.method == "r2mu":
         return TrainConfig(
             method="r2mu",
@@ -284,7 +285,9 @@ def _method_config(cfg: DemoConfig, spec, files: dict, data: dict, lr: float, ep
             max_length=1024,
             progress=cfg.progress,
             scheduler="constant",
-            r2mu=R2muConfig(r2mu_lr=lr, r2mu_cot_data=str(data["arithmetic_train"])),
+            # c from the model's own activation scale (Adaptive RMU, β = 5 of its code): the paper's c = 6.5
+            # was set for 7-14B models; the demo target's layer-7 outputs have per-token norms of ~130
+            r2mu=R2muConfig(r2mu_lr=lr, r2mu_cot_data=str(data["arithmetic_train"]), r2mu_adaptive_scale=5.0),
             **common,
         )
     over = dict(spec.options)

@@ -277,3 +277,49 @@ def test_r2mu_needs_reasoning_data_unless_its_weight_is_zero():
         0,
         1,
     )
+
+
+def test_adaptive_coeff_is_beta_times_the_mean_per_sequence_norm(tiny4_dir):
+    """Adaptive RMU's c by hand: each sequence alone through the full model, the mean L2 norm of
+    `hidden_states[ℓ + 1]` over its counted positions, averaged over the sequences, times β; the packed
+    computation split over several micro-batches (budget 12) must give the same."""
+    model, _ = load_model(str(tiny4_dir), ModelOptions())
+    model.eval()
+    seqs = [(s, 3 if k % 2 else 0) for k, s in enumerate(_seqs([9, 2, 5, 7], seed=3))]
+    with torch.no_grad():
+        means = []
+        for s, first in seqs:
+            h = model(input_ids=torch.tensor([s.ids]), output_hidden_states=True).hidden_states[LAYER + 1][0]
+            means.append(float(h[first:].norm(dim=-1).mean()))
+    want = 5.0 * sum(means) / len(means)
+    got = r2mu.adaptive_coeff(model, LAYER, seqs, 5.0, 12)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got != pytest.approx(5.0 * float(torch.tensor(means).median()), rel=1e-3)  # the mean, not a median
+    with pytest.raises(ValueError, match="--r2mu-adaptive-scale"):
+        r2mu.adaptive_coeff(model, LAYER, [(seqs[1][0], 99)], 5.0, 12)
+
+
+def test_cli_adaptive_scale_sets_the_steering_coefficient(tiny4_dir, tmp_path):
+    from cipo_fast.cli import main as cli
+
+    assert cli(_argv(tmp_path, tiny4_dir, tmp_path / "fixed", 1)) == 0
+    assert json.loads((tmp_path / "fixed" / "summary.json").read_text())["steering_coeff"] == 6.5
+    assert cli(_argv(tmp_path, tiny4_dir, tmp_path / "adaptive", 1, "--r2mu-adaptive-scale", "5")) == 0
+    c = json.loads((tmp_path / "adaptive" / "summary.json").read_text())["steering_coeff"]
+    assert c > 0 and c != 6.5
+    assert cli(_argv(tmp_path, tiny4_dir, tmp_path / "bad", 1, "--r2mu-adaptive-scale", "0")) == 2
+
+
+def test_adaptive_scale_left_out_of_fingerprints_at_its_default():
+    """Settings recorded before the field existed keep their fingerprints (comparison_record.LATER_FIELDS)."""
+    import dataclasses
+
+    from cipo_fast.comparison_record import fingerprint
+    from cipo_fast.config import R2muConfig
+
+    plain = R2muConfig()
+    fields = {
+        f.name: getattr(plain, f.name) for f in dataclasses.fields(plain) if f.name != "r2mu_adaptive_scale"
+    }
+    assert fingerprint(plain) == fingerprint(fields)
+    assert fingerprint(R2muConfig(r2mu_adaptive_scale=5.0)) != fingerprint(plain)

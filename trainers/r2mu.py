@@ -42,6 +42,7 @@ from cipo_fast.unlearning.r2mu import (
     PRESERVE,
     Term,
     accumulate,
+    adaptive_coeff,
     check_truncated_forward,
     prepare,
     steering_vector,
@@ -99,7 +100,16 @@ def main(cfg: TrainConfig) -> dict:
         weight_decay=cfg.weight_decay,
         fused=device.type in ("cpu", "cuda"),
     )
-    steer = steering_vector(model.config.hidden_size, r.r2mu_steering_coeff, cfg.seed).to(device)
+    whole = r.r2mu_forget_tokens == "all"
+    coeff = r.r2mu_steering_coeff
+    if r.r2mu_adaptive_scale is not None:  # from the original model: before a checkpoint is loaded
+        _, first = step_indices(0, len(forget), batch, cfg.seed)
+        firsts = [(forget[i].seq, 0 if whole else len(forget[i].seq.prompt_ids)) for i in first]
+        coeff = adaptive_coeff(model, r.r2mu_layer, firsts, r.r2mu_adaptive_scale, cfg.token_budget)
+        print(
+            f"Adaptive RMU: steering coefficient c = {coeff:.4g} ({r.r2mu_adaptive_scale:g} x the mean norm)"
+        )
+    steer = steering_vector(model.config.hidden_size, coeff, cfg.seed).to(device)
     work = run.start()
     if not cfg.resume:
         write_json(work / "config.json", json.loads(cfg.to_json()))
@@ -131,7 +141,6 @@ def main(cfg: TrainConfig) -> dict:
         t0 = time.perf_counter()
         epoch, idx = step_indices(step, len(forget), batch, cfg.seed)
         seqs = [forget[i].seq for i in idx]
-        whole = r.r2mu_forget_tokens == "all"
         terms = [
             Term("forget", MISDIRECT, 1.0, tuple((s, 0 if whole else len(s.prompt_ids)) for s in seqs)),
             Term(
@@ -215,6 +224,7 @@ def main(cfg: TrainConfig) -> dict:
         "precision": precision_tag(autocast),
         "trained_parameters": sorted(steered.trainable),
         "unthink_traces": sum(1 for t in traces if t),
+        "steering_coeff": coeff,
     }
     write_json(work / "summary.json", summary)
     run.finish()

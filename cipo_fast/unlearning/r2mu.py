@@ -68,6 +68,28 @@ def steering_vector(hidden_size: int, coeff: float, seed: int) -> torch.Tensor:
     return coeff * u / u.norm()
 
 
+@torch.no_grad()
+def adaptive_coeff(model, layer: int, seqs: list[tuple[Sequence, int]], scale: float, budget: int) -> float:
+    """Adaptive RMU's steering coefficient (Dang et al. 2025, "On Effects of Steering Latent Representation
+    for Large Language Model Unlearning", AAAI, arXiv 2408.06223): c = β × the mean over the sequences of
+    each one's mean per-token L2 norm of the layer-ℓ output, on the model as it is (the original, before
+    training) and the first forget batch; their code takes β = 5 (`--scale 5.0`). Counted tokens only
+    (`seqs`: (sequence, first position that counts)), where their code averages over padded batches."""
+    device = next(model.parameters()).device
+    per_seq = []
+    for mb in pack([(s,) for s, _ in seqs], budget):
+        mb = mb.to(device)
+        norms = forward_to_layer(model, mb, layer).float().norm(dim=-1)  # [T]
+        first = torch.tensor([seqs[g][1] for g in mb.groups], device=device)[mb.seq_ids]
+        counted = (mb.position_ids >= first).float()
+        total = torch.zeros(mb.num_seqs, device=device).index_add_(0, mb.seq_ids, norms * counted)
+        count = torch.zeros(mb.num_seqs, device=device).index_add_(0, mb.seq_ids, counted)
+        per_seq += (total / count.clamp(min=1))[count > 0].tolist()
+    if not per_seq:
+        raise ValueError("--r2mu-adaptive-scale: the first forget batch has no counted tokens")
+    return scale * sum(per_seq) / len(per_seq)
+
+
 def r2mu_loss(h: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`Σ_t w_t · (1/d) ||h_t − y_t||²` in fp32: `h` `[T, d]`, `target` `[T, d]` (h_0) or `[d]` (c·u),
     `weight` `[T]` (a term's weight over its token count on counted tokens, 0 elsewhere)."""
