@@ -130,7 +130,7 @@ def seed_rows(a: argparse.Namespace, seed: int) -> dict[str, dict]:
     before = headline(json.loads((out / "before" / "summary.json").read_text()))
     after = {
         **headline(json.loads((out / "after" / "summary.json").read_text())),
-        "wall_s": demo._cipo_wall(out),
+        "wall_s": demo.cipo_wall(out),
     }
     rows = {"target": (before, result["unseen_phrasings"]["target"])}
     rows[f"cipo lr={cfg.lr:g}"] = (after, result["unseen_phrasings"]["cipo"])
@@ -139,7 +139,7 @@ def seed_rows(a: argparse.Namespace, seed: int) -> dict[str, dict]:
         for key, row in entry["settings"].items():
             run = out / "compare" / name / key if spec.method else out / "compare" / name
             model = str(run / "model") if spec.method else target
-            config = demo._eval_config(
+            config = demo.eval_config(
                 cfg, model, run / "eval_rephrased", data, f"{name} {key}", guard=spec.guard
             )
             if spec.method and not (run / "model").is_dir():  # taken from --record: no model here to ask

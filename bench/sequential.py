@@ -89,8 +89,8 @@ def measure(cfg, model: str, folder: Path, data: dict, asked: list[Path], target
     from cipo_fast.eval.other_questions import leakage_on
 
     first = {**data, "forget": asked[0]}
-    main = headline(demo._eval(cfg, model, folder / "A", first, label, original=target))
-    second = leakage_on(demo._eval_config(cfg, model, folder / "B", first, label), asked[1])
+    main = headline(demo.eval_once(cfg, model, folder / "A", first, label, original=target))
+    second = leakage_on(demo.eval_config(cfg, model, folder / "B", first, label), asked[1])
     return {
         "A": {k: main[k] for k in second},
         "B": second,
@@ -120,7 +120,7 @@ def train(cfg, method: str, model: str, asked: Path, run: Path, data: dict, step
     if steps is not None:
         common["max_steps"] = steps
     epochs = (steps or 1) * cfg.batch_size / len(read_jsonl(asked))
-    config = demo._method_config(cfg, SPECS[method], files, data, lr, epochs, **common)
+    config = demo.method_config(cfg, SPECS[method], files, data, lr, epochs, **common)
     resume = interrupted(run)
     return cipo_fast.fit(dataclasses.replace(config, resume=resume, overwrite=not resume))
 
@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
             row = measure(cfg, model, run.parent / f"eval{i}", data, asked, target, label)
             rows.append({"method": method, "after": f"request {i} ({'AB'[i - 1]})", **row})
             rows[-1]["steps"] = summary.get("train_steps", summary.get("steps"))  # CiPO, the others
-            rows[-1]["train_s"] = demo._timed(run, {}, t)["wall_s"]  # measured once, kept in run/wall.json
+            rows[-1]["train_s"] = demo.timed(run, {}, t)["wall_s"]  # measured once, kept in run/wall.json
     out = {
         "benchmark": "sequential unlearning requests",
         "machine": machine(),

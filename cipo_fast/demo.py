@@ -108,7 +108,7 @@ def pinned_lrs(cfg: DemoConfig) -> dict[str, float]:
     return pinned
 
 
-def _eval_config(
+def eval_config(
     cfg: DemoConfig,
     model: str,
     out: Path,
@@ -142,13 +142,13 @@ def _eval_config(
     )
 
 
-def _eval(cfg: DemoConfig, model: str, out: Path, data: dict, label: str, **kw) -> dict:
-    """`cipo-fast eval` of one model (`_eval_config`), or the summary it already wrote."""
+def eval_once(cfg: DemoConfig, model: str, out: Path, data: dict, label: str, **kw) -> dict:
+    """`cipo-fast eval` of one model (`eval_config`), or the summary it already wrote."""
     from cipo_fast.eval.evaluate import evaluate
 
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
-    return evaluate(_eval_config(cfg, model, out, data, label, **kw))
+    return evaluate(eval_config(cfg, model, out, data, label, **kw))
 
 
 def _train_config(cfg: DemoConfig, **over):
@@ -226,8 +226,8 @@ def compare(
             train = None
             if spec.method is not None:
                 common = dict(model=target, out=str(run), max_steps=steps)
-                train = _method_config(cfg, spec, files, data, lr, steps * cfg.batch_size / n, **common)
-            made = {"train": train, "eval": _eval_config(cfg, target, run, data, name, **evaluation)}
+                train = method_config(cfg, spec, files, data, lr, steps * cfg.batch_size / n, **common)
+            made = {"train": train, "eval": eval_config(cfg, target, run, data, name, **evaluation)}
 
             def fp_on(weights, made=made):  # the setting's fingerprint on a target of these weights
                 return fingerprint(made, {"target": weights})
@@ -239,14 +239,14 @@ def compare(
             _forget_stale(run, fp)
             t = time.perf_counter()
             if spec.method is None:  # a guard: the target, decoded under it
-                summary = _eval(cfg, target, run, data, name, **evaluation)
-                keep(name, key, headline(_timed(out / name, summary, t)), fp)
+                summary = eval_once(cfg, target, run, data, name, **evaluation)
+                keep(name, key, headline(timed(out / name, summary, t)), fp)
                 continue
             if not (run / "summary.json").is_file():
                 resume = interrupted(run)
                 fit(dataclasses.replace(train, resume=resume, overwrite=not resume))
-            summary = _eval(cfg, str(run / "model"), run / "eval", data, f"{name} {key}", **evaluation)
-            keep(name, key, headline(_timed(run, summary, t)), fp)
+            summary = eval_once(cfg, str(run / "model"), run / "eval", data, f"{name} {key}", **evaluation)
+            keep(name, key, headline(timed(run, summary, t)), fp)
     return results
 
 
@@ -269,7 +269,7 @@ def _forget_stale(run: Path, fp: str) -> None:
     mark.write_text(fp + "\n")
 
 
-def _method_config(cfg: DemoConfig, spec, files: dict, data: dict, lr: float, epochs: float, **common):
+def method_config(cfg: DemoConfig, spec, files: dict, data: dict, lr: float, epochs: float, **common):
     """The `TrainConfig` of one compared setting. R²MU takes its own learning rate and batch options,
     preserves the activations of the demo's arithmetic training problems (its reasoning data) and sets its
     steering coefficient from the model's activations (`--r2mu-adaptive-scale`)."""
@@ -305,7 +305,7 @@ def _method_config(cfg: DemoConfig, spec, files: dict, data: dict, lr: float, ep
     )
 
 
-def _timed(run: Path, summary: dict, t0: float) -> dict:
+def timed(run: Path, summary: dict, t0: float) -> dict:
     """`summary` with the setting's wall time, measured once (a rerun that reuses it keeps the first)."""
     path = run / "wall.json"
     if not path.is_file():
@@ -313,7 +313,7 @@ def _timed(run: Path, summary: dict, t0: float) -> dict:
     return {**summary, "wall_s": json.loads(path.read_text())["wall_s"]}
 
 
-def _cipo_wall(out: Path) -> float:
+def cipo_wall(out: Path) -> float:
     """The demo's CiPO run's wall time (training + its evaluation), as `compare` reports for each setting:
     cipo/wall.json, written by the run that trained it; else (a run directory from before it was kept)
     the rounds' and the evaluation's own timings, without model loading."""
@@ -384,7 +384,7 @@ def main(cfg: DemoConfig, build_data=None) -> dict:
     data = stage("data", lambda: (build_data or (lambda d: synthetic.build(d, seed=cfg.seed)))(out / "data"))
     data["retain_all"] = retain_with_arithmetic(data, out / "data" / "retain_all.jsonl")
     target = stage("target model", lambda: target_model(cfg, data))
-    before = stage("evaluate target", lambda: _eval(cfg, str(target), out / "before", data, "before"))
+    before = stage("evaluate target", lambda: eval_once(cfg, str(target), out / "before", data, "before"))
 
     cipo_dir = out / "cipo"
 
@@ -410,7 +410,7 @@ def main(cfg: DemoConfig, build_data=None) -> dict:
     cipo_summary = stage("CiPO", run_cipo)
     after = stage(
         "evaluate unlearned model",
-        lambda: _eval(cfg, str(cipo_dir / "model"), out / "after", data, "after", original=str(target)),
+        lambda: eval_once(cfg, str(cipo_dir / "model"), out / "after", data, "after", original=str(target)),
     )
     if ran_cipo:
         write_json(cipo_dir / "wall.json", {"wall_s": timings["CiPO"] + timings["evaluate unlearned model"]})
@@ -429,7 +429,7 @@ def main(cfg: DemoConfig, build_data=None) -> dict:
         from cipo_fast.eval.other_questions import leakage_on, phrasings_table
 
         def rephrased(model, name, label):
-            return leakage_on(_eval_config(cfg, model, out / name, data, label), data["forget_rephrased"])
+            return leakage_on(eval_config(cfg, model, out / name, data, label), data["forget_rephrased"])
 
         unseen = stage(
             "unseen phrasings",
@@ -460,7 +460,7 @@ def main(cfg: DemoConfig, build_data=None) -> dict:
                     "the file are left alone"
                 )
             record.put_target(headline(before))
-        cipo_after = {**after, "wall_s": _cipo_wall(out)}
+        cipo_after = {**after, "wall_s": cipo_wall(out)}
         steps = cfg.compare_steps or cipo_summary["train_steps"]
         if steps < 1:
             raise ValueError(
