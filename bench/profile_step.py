@@ -19,7 +19,8 @@ attention; copy/cat/index/...: data movement; everything else: elementwise). Pro
     python bench/profile_step.py --length 4096 --batch 1 --steps 2 --out bench/out/profile-4k --marker bench-profile-long
     python bench/profile_step.py --cpu-autocast bf16 --out bench/out/profile-bf16 --marker bench-profile-bf16
 
-With `--cpu-autocast bf16` the isolated GEMM rate it compares against is measured in bf16.
+The JSON also lists the ops with the most self time in each category (`top_ops`). With `--cpu-autocast
+bf16` the isolated GEMM rate it compares against is measured in bf16.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ MOVE_OPS = (
     "aten::scatter_add_",
     "aten::gather",
 )
+TOP_OPS = 10  # ops listed per category in the JSON
 CATEGORIES = (
     "layer GEMMs",
     "layer GEMMs (recompute)",
@@ -141,6 +143,8 @@ def profile(a: argparse.Namespace) -> dict:
         over["max_length"] = a.length + 64  # nothing cut: the prompt is 10 tokens
     if a.cpu_autocast:
         over["cpu_autocast"] = a.cpu_autocast
+    if a.checkpoint_attention:
+        over["checkpoint_attention"] = a.checkpoint_attention
     job = dict(batch_size=a.batch, max_steps=a.steps, epochs=10, lr=1e-6)
     cfg = cipo_dpo_config(model_path, data, work, **job, **over)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -152,6 +156,7 @@ def profile(a: argparse.Namespace) -> dict:
     counted = steps[1:] or steps
     wall_us = sum(e.time_range.elapsed_us() for e in counted)
     per_cat = dict.fromkeys(CATEGORIES, 0.0)
+    per_op = {k: {} for k in CATEGORIES}  # category -> op name -> [self us, calls]
     gemm_us, gemm_flop = 0.0, 0
     for e in prof.events():
         if e.name == "cipo_fast.train_step" or (warm_end is not None and e.time_range.start < warm_end):
@@ -160,6 +165,9 @@ def profile(a: argparse.Namespace) -> dict:
         if cat is None:
             continue
         per_cat[cat] += e.self_cpu_time_total
+        op = per_op[cat].setdefault(e.name, [0.0, 0])
+        op[0] += e.self_cpu_time_total
+        op[1] += 1
         if cat == "layer GEMMs":
             gemm_us += e.self_cpu_time_total
             gemm_flop += gemm_flops(e.name, e.input_shapes)
@@ -168,13 +176,29 @@ def profile(a: argparse.Namespace) -> dict:
     shape = ModelShape.from_dir(model_path)
     m = min(int(statistics.median(tokens)), cfg.token_budget)
     isolated = gemm_rate(shape, m, dtype="bfloat16" if cfg.cpu_autocast == "bf16" else "float32")
-    keys = ("batch_size", "token_budget", "checkpoint_every", "backend", "cpu_autocast")
+    keys = (
+        "batch_size",
+        "token_budget",
+        "checkpoint_every",
+        "checkpoint_attention",
+        "backend",
+        "cpu_autocast",
+    )
+    n = len(counted)
+    top_ops = {  # the ops with the most self time in each category, per step
+        cat: [
+            {"op": name, "s_per_step": us / 1e6 / n, "calls_per_step": calls / n}
+            for name, (us, calls) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:TOP_OPS]
+        ]
+        for cat, ops in per_op.items()
+    }
     return {
         "config": {k: getattr(cfg, k) for k in keys},
         "steps_counted": len(counted),
         "step_wall_s": wall_us / 1e6 / len(counted),
         "tokens_per_step": statistics.mean(tokens),
         "categories_s_per_step": {k: v / 1e6 / len(counted) for k, v in per_cat.items()},
+        "top_ops": top_ops,
         "layer_gemm_gflop_per_s_in_training": gemm_flop / gemm_us / 1e3 if gemm_us else None,
         "isolated_gemm": {k: v for k, v in isolated.items() if k != "shapes"},
         "threads": torch.get_num_threads(),
@@ -186,6 +210,8 @@ def table(r: dict, length: int = 0) -> str:
     data = f"one synthetic pair of {length} tokens per side" if length else "R-TOFU pairs"
     wall = r["step_wall_s"]
     bf16 = ", bf16 autocast" if c.get("cpu_autocast") == "bf16" else ""
+    if c.get("checkpoint_every") and c.get("checkpoint_attention") == "recompute":
+        bf16 += ", attention recomputed"
     lines = [
         f"Where a cipo-fast DPO step goes (`bench/profile_step.py`, torch.profiler, SmolLM2-135M, {data}, "
         f"batch {c['batch_size']}, token budget {c['token_budget']}, checkpointing every "
@@ -223,6 +249,9 @@ def main(argv=None) -> int:
     ap.add_argument("--length", type=int, default=0, help="one synthetic pair of L tokens per side instead")
     ap.add_argument("--marker", default="bench-profile", help="the README table to regenerate")
     ap.add_argument("--cpu-autocast", choices=("bf16", "off"), default=None, help="default: cipo-fast's")
+    ap.add_argument(
+        "--checkpoint-attention", choices=("keep", "recompute"), default=None, help="default: cipo-fast's"
+    )
     a = ap.parse_args(argv)
     facts = machine()
     r = profile(a)

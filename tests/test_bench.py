@@ -161,6 +161,11 @@ def test_profile_step_smoke(shared_data, tiny_model_dir, tmp_path):
         assert cats[name] > 0, name
     assert sum(cats.values()) <= r["step_wall_s"] * 1.01
     assert r["layer_gemm_gflop_per_s_in_training"] > 0 and r["config"]["checkpoint_every"] == 1
+    # the per-op lists add up to no more than their category, largest first
+    for name, ops in r["top_ops"].items():
+        times = [o["s_per_step"] for o in ops]
+        assert times == sorted(times, reverse=True) and sum(times) <= cats[name] * (1 + 1e-9) + 1e-12, name
+    assert any(o["op"] == "aten::mm" for o in r["top_ops"]["layer GEMMs"])
 
 
 def test_generation_smoke(tiny_model_dir, tmp_path):
