@@ -237,3 +237,18 @@ def test_no_bench_script_shadows_an_installed_or_probed_module():
     finally:
         sys.path[:] = saved
     assert not clashes, f"bench scripts named like other modules: {clashes}"
+
+
+def test_checkpoint_attention_smoke(tmp_path):
+    """The A/B of kept vs recomputed attention times both settings on the same layers and counts the memory."""
+    run_script(
+        "checkpoint_attention.py",
+        *("--lengths", "64,128", "--layers", "2", "--rounds", "2", "--d", "64", "--ffn", "128"),
+        *("--heads", "4", "--kv-heads", "2", "--out", str(tmp_path)),
+    )
+    r = json.loads((tmp_path / "checkpoint_attention.json").read_text())
+    assert [row["length"] for row in r["rows"]] == [64, 128]
+    for row in r["rows"]:
+        assert len(row["times_s"]["keep"]) == len(row["times_s"]["recompute"]) == 2
+        assert row["keep_s"] > 0 and row["recompute_s"] > 0 and row["sdpa_forward_s_per_layer"] > 0
+        assert row["kept_bytes_per_layer"] == 4 * row["length"] * (64 + 4)
