@@ -4,8 +4,8 @@
 (`attention.pick_attention`: flash-attn varlen on CUDA when installed, else `cipo_varlen`), moves the
 model to its device, applies Liger's RMSNorm/SwiGLU/RoPE kernels on CUDA when installed (never its
 LM-head kernels: the head is cipo-fast's own fused op), turns on activation checkpointing every n-th
-decoder layer (`checkpointing`: attention's outputs kept) and wraps the model in LoRA adapters when asked. `model_fingerprint` hashes the weights:
-the key of everything cached per model (reference log-probs).
+decoder layer (`checkpointing`: attention's outputs kept) and wraps the model in LoRA adapters when asked.
+`model_fingerprint` hashes the weights: the key of everything cached per model (reference log-probs).
 """
 
 from __future__ import annotations
