@@ -120,7 +120,8 @@ def render(record: dict, digest: str, base_lr: float = BASE_LR) -> str:
     expected = expected_settings(base_lr)
     missing = {m: [k for k in keys if k not in runs.get(m, {})] for m, keys in expected.items()}
     missing = {m: keys for m, keys in missing.items() if keys}
-    done = sum(len(v) for v in runs.values())
+    done = sum(1 for m, keys in expected.items() for k in keys if k in runs.get(m, {}))
+    extra = sum(len(v) for v in runs.values()) - done  # e.g. --compare-at at an lr outside the sweep
     total = sum(len(v) for v in expected.values())
     rows = [r for v in runs.values() for r in v.values()]
     rows += [t for d in digests if (t := record["targets"][d].get("target"))]
@@ -128,7 +129,9 @@ def render(record: dict, digest: str, base_lr: float = BASE_LR) -> str:
     revisions = sorted({r.get("revision") for r in rows if r.get("revision")})
     wall = sum(r.get("wall_s") or 0.0 for v in runs.values() for r in v.values())
     status = (
-        f"Target weights sha256 {digest[:12]}…; {done} of {total} settings done "
+        f"Target weights sha256 {digest[:12]}…; {done} of {total} settings done"
+        + (f" (+{extra} outside the sweep)" if extra else "")
+        + " "
         f"({wall / 3600:.1f} h of training + evaluation), host(s): {', '.join(hosts) or '?'}, "
         f"code: {', '.join(revisions) or '?'}."
     )

@@ -191,6 +191,11 @@ def test_compare_tables_render_a_partial_record():
     # ga: the setting at 0 % leak loses 74 points of retain, so the best is the 20 % one that keeps it
     assert f"ga | {ga_keys[2]} | 20.0% | 20.0%" in text
     assert "(best of an incomplete sweep: npo)" in text
+    # a setting at an lr outside the sweep (--compare-at) is shown but not counted as one of the sweep's
+    record["targets"]["a" * 64]["settings"]["npo"]["lr=1"] = row(0.1, 0.2)
+    assert f"4 of {total} settings done (+1 outside the sweep) (0.1 h" in compare_tables.render(
+        record, "a" * 64
+    )
 
 
 def test_compare_record_takes_settings_from_targets_of_the_same_recipe_and_host(tmp_path):
