@@ -53,7 +53,7 @@ TRITON_OLD ?= 3.6.0
 triton-old-check: setup
 	$(PIP) install --quiet --no-deps --target .triton-$(TRITON_OLD) triton==$(TRITON_OLD) numpy==2.3.5
 	PYTHONPATH=.triton-$(TRITON_OLD) $(PY) -c "import triton; assert triton.__version__ == '$(TRITON_OLD)', triton.__version__"
-	PYTHONPATH=.triton-$(TRITON_OLD) $(PY) -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/test_triton_kernels.py
+	PYTHONPATH=.triton-$(TRITON_OLD) $(PY) -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/test_triton_kernels.py tests/test_triton_fused_rows.py
 	PYTHONPATH=.triton-$(TRITON_OLD) $(PY) -m cipo_fast.ops.kernel_check --targets sm_80,sm_90a > /dev/null
 
 clean:

@@ -8,11 +8,12 @@ newer), transformers, peft, pytest and hypothesis are all it needs. Nothing is i
 imported from this working tree (`bench/inplace.py`), pure-Python peers can travel as wheels under
 `bench/wheels/` (liger-kernel, cut-cross-entropy), and models are built from their configs. A peer that is
 absent is a line in the output, never a failure. Sections, in order, each in a child process with its own
-time limit (`LIMITS_S`, 7.5 minutes in all):
+time limit (`LIMITS_S`, under 8 minutes in all):
 
-    kernels  tests/test_triton_kernels.py with the kernels compiled (TRITON_INTERPRET unset) on the GPU, in
-             fp32, fp16 and bf16 (`pytest -x`: the first failure stops it)
-    ops      bench/gpu_ops.py: the fused log-prob op + DPO loss vs the textbook path, Liger, Cut
+    kernels  tests/test_triton_kernels.py and tests/test_triton_fused_rows.py with the kernels compiled
+             (TRITON_INTERPRET unset) on the GPU, in fp32, fp16 and bf16 (`pytest -x`: the first failure
+             stops it)
+    ops      bench/gpu_ops.py: the fused log-prob op + DPO loss (two-pass and loss-inside) vs the textbook path, Liger, Cut
              Cross-Entropy at N = 4k / 16k / 64k, V = 151936, bf16; with its own correctness checks
     steps    bench/gpu_steps.py: one DPO step, cipo-fast vs the textbook (TRL-default) step, SmolLM2-135M
              and a Qwen2-1.5B-shaped model at 2k and 8k tokens per side; the two systems' log-probs agree
@@ -43,13 +44,13 @@ WHEELS = use_working_tree()
 from common import OUT, REPO, publish, run_child  # noqa: E402
 from gpu_table import table  # noqa: E402
 
-LIMITS_S = {"kernels": 180, "ops": 120, "steps": 150}
+LIMITS_S = {"kernels": 180, "ops": 120, "steps": 170}
 PEERS = {"liger-kernel": "liger_kernel", "cut-cross-entropy": "cut_cross_entropy", "trl": "trl"}
 SMOKE_ARGS = {  # --smoke: the smallest run of every section, for a CPU (the test suite)
     "kernels": ["-k", "odd_shapes and float32"],
     "ops": [
         *("--device", "cpu", "--sizes", "128", "--vocab", "300", "--d", "32", "--seq", "32"),
-        *("--dtype", "float32", "--repeats", "1", "--backends", "textbook,triton,chunked"),
+        *("--dtype", "float32", "--repeats", "1", "--backends", "textbook,triton,chunked,fused"),
     ],
     "steps": ["--device", "cpu", "--models", "tiny", "--lengths", "32", "--repeats", "1"],
 }
@@ -89,7 +90,7 @@ def interpreter(cuda: bool) -> dict:
 def kernel_tests(extra: list[str], limit_s: float, cuda: bool) -> dict:
     """The kernel tests in a child, compiled on the GPU."""
     args = [str(REPO / "bench" / "inplace.py"), "--", "-q", "-x", "-p", "no:cacheprovider"]
-    args += ["tests/test_triton_kernels.py", *extra]
+    args += ["tests/test_triton_kernels.py", "tests/test_triton_fused_rows.py", *extra]
     run = run_child(args, timeout_s=limit_s, env_extra=interpreter(cuda), cwd=REPO)
     tail = run.stdout.strip().splitlines()[-1:] or [""]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail[0])}

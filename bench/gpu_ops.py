@@ -10,8 +10,11 @@ completion token), per-sequence log-prob sums, `-logsigmoid(beta (c - r))` with 
 0 (Liger's `use_ref_model=False`), beta = 0.1.
 
     textbook   logits = h W^T in bf16 ([N, V]), log-softmax in fp32, gather -- what an HF model + TRL do
-    triton     cipo-fast's Triton kernels (`sequence_logprobs(backend="triton")`)
-    chunked    cipo-fast's chunked PyTorch path
+    triton     cipo-fast's Triton kernels (`sequence_logprobs(backend="triton")`): 4 GEMM-sized passes
+    chunked    cipo-fast's chunked PyTorch path, the loss outside the op (4 GEMMs)
+    fused      cipo-fast's loss inside the op (`ops.fused_loss`, what the trainer runs with
+               `--backend chunked`): a pair's logits kept per chunk, 3 cuBLAS GEMMs on the bf16 operands
+               with fp32 outputs, the passes between them as Triton row kernels
     liger      `LigerFusedLinearDPOLoss` (liger-kernel), when importable
     cce        Cut Cross-Entropy's `linear_cross_entropy(reduction="none")` summed per sequence, when importable
 
@@ -49,7 +52,7 @@ use_working_tree()
 
 from common import emit  # noqa: E402
 
-BACKENDS = ("textbook", "triton", "chunked", "liger", "cce")
+BACKENDS = ("textbook", "triton", "chunked", "fused", "liger", "cce")
 PEERS = ("liger", "cce")
 BETA = 0.1
 # dense bf16 tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (NVIDIA data sheets)
@@ -114,6 +117,20 @@ def loss_fn(backend: str, n: int, seq: int, targets, seq_ids):
 
             def f(h, w):
                 return dpo_loss(sequence_logprobs(h, w, targets, seq_ids, mask, num_seqs, backend=backend))
+
+    elif backend == "fused":
+        import torch.nn.functional as F
+
+        from cipo_fast.ops.fused_loss import fused_group_loss
+
+        pairs = num_seqs // 2
+        bounds = [(2 * p * seq, 2 * (p + 1) * seq) for p in range(pairs)]  # a pair = a group
+
+        def loss_of(sel, s):  # dpo_loss's mean over pairs, as a sum over the selected ones
+            return -F.logsigmoid(BETA * (s[2 * sel] - s[2 * sel + 1])).sum() / pairs
+
+        def f(h, w):
+            return fused_group_loss(h, w, targets, mask, seq_ids, num_seqs, bounds, loss_of)[0]
 
     elif backend == "liger":
         from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
@@ -221,7 +238,7 @@ def run(a: argparse.Namespace) -> dict:
             # atol relative to the quantity's own size: 2^-10 of it in fp16 / bf16, 1e-5 in fp32
             rtol = 1e-5 if dtype == torch.float32 else 2.0**-10
             for b, e in errs.items():
-                judged = b in ("triton", "chunked", "cce") and base is not None
+                judged = b in ("triton", "chunked", "fused", "cce") and base is not None
                 ok = all(e[k] <= 2 * base[k] + rtol * scale[k] for k in e) if judged else None
                 out["checks"].append(
                     {"n": n, "backend": b, "vs": "fp32", "errors": e, "scale": scale, "ok": ok}

@@ -43,7 +43,8 @@ use_working_tree()
 
 from common import ModelShape, emit, flops_per_token  # noqa: E402
 
-SYSTEMS = ("cipo-fast", "textbook")
+# cipo-fast-fused: `--backend chunked`, the loss inside the LM-head op (cipo_fast.ops.fused_loss)
+SYSTEMS = ("cipo-fast", "cipo-fast-fused", "textbook")
 PROMPT = 64
 LR = 1e-6
 # relative disagreement of the two systems' initial log-prob sums that fails the check: bf16 rounds each
@@ -122,7 +123,7 @@ class FixedReference:
         return self.values[: len(seqs)]
 
 
-def cipo_step(name: str, length: int, device):
+def cipo_step(name: str, length: int, device, backend: str = "auto"):
     import torch
 
     from cipo_fast.config import TrainConfig
@@ -138,8 +139,9 @@ def cipo_step(name: str, length: int, device):
     model = build(name, pick_attention(dev), dev)
     model = prepare_model(model, ModelOptions(device=device, checkpoint_every=1), dev)
     cfg = TrainConfig(
-        method="dpo", model="(random)", data="-", out="-", lr=LR, token_budget=2 * length + PROMPT
-    )
+        method="dpo", model="(random)", data="-", out="-", lr=LR, token_budget=2 * length + PROMPT,
+        backend=backend,
+    )  # fmt: skip
     policy = make_policy(cfg, model)
     prompt, chosen, rejected = random_pair(model.config.vocab_size, length)
     groups = [(Sequence(tuple(prompt), tuple(chosen)), Sequence(tuple(prompt), tuple(rejected)))]
@@ -203,9 +205,11 @@ def measure(system: str, name: str, length: int, device: str, repeats: int) -> d
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, step, autocast, initial = (cipo_step if system == "cipo-fast" else textbook_step)(
-        name, length, device
-    )
+    if system == "textbook":
+        model, step, autocast, initial = textbook_step(name, length, device)
+    else:
+        backend = "chunked" if system == "cipo-fast-fused" else "auto"
+        model, step, autocast, initial = cipo_step(name, length, device, backend)
 
     def timed():
         if cuda:

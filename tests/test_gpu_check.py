@@ -130,10 +130,11 @@ def test_smoke_run_passes_every_section(smoke_report):
     kernels = smoke_report["kernels"]
     assert kernels["ok"] and kernels["counts"]["passed"] > 0 and "failed" not in kernels["counts"]
     ops, steps = smoke_report["ops"], smoke_report["steps"]
-    assert {p["backend"] for p in ops["points"]} == {"textbook", "triton", "chunked"}
+    assert {p["backend"] for p in ops["points"]} == {"textbook", "triton", "chunked", "fused"}
+    assert any(c["backend"] == "fused" and c["vs"] == "fp32" and c["ok"] for c in ops["checks"])
     assert any(c["vs"] == "chunked" and c["ok"] for c in ops["checks"])  # Triton vs chunked ran
     assert [c["ok"] for c in steps["checks"]] == [True]
-    assert {p["system"] for p in steps["points"]} == {"cipo-fast", "textbook"}
+    assert {p["system"] for p in steps["points"]} == {"cipo-fast", "cipo-fast-fused", "textbook"}
 
 
 def test_a_failed_check_fails_the_run(smoke_report):
@@ -163,4 +164,6 @@ def test_table_from_recorded_numbers(smoke_report):
     assert f"{op['textbook']['median_s'] / op['triton']['median_s']:.2f}×" in text
     row = next(line for line in text.splitlines() if line.startswith("| tiny |"))
     assert row.split(" | ")[2:8] == ["0.250 s", "1.000 s", "0.25×", "10.0", "40.0", "0.25×"]
+    fused = next(p for p in report["steps"]["points"] if p["system"] == "cipo-fast-fused")
+    assert row.split(" | ")[9] == f"{fused['median_s']:.3f} s"
     assert "989.0 TFLOP/s bf16 peak" in text

@@ -27,7 +27,7 @@ def test_every_pickable_kernel_variant_is_ok_on_every_target():
     assert {"sm_80", "sm_90a"} <= targets
     assert {r["target"] for r in rows} == targets
     assert {(r["kernel"], r["target"]) for r in rows} == {
-        (k, t) for k in ("forward", "backward") for t in targets
+        (k, t) for k in ("forward", "backward", *kernel_check.ROW_KERNELS) for t in targets
     }
     assert {r["dtype"] for r in rows} == set(kernel_check.DTYPES)
     for r in rows:

@@ -35,7 +35,7 @@ def packed(rng: random.Random, n_pairs: int, share: bool, vocab: int):
 
 def reference_sums(h, w, mb):
     logp = reference_token_logprobs(h, w, mb.targets, mb.loss_mask)
-    sums = torch.zeros(mb.num_seqs + 1, dtype=logp.dtype).index_add(0, mb.seq_ids, logp)
+    sums = torch.zeros(mb.num_seqs + 1, dtype=logp.dtype, device=logp.device).index_add(0, mb.seq_ids, logp)
     if mb.shared_ids is not None:
         sums = sums.index_add(0, mb.shared_ids, logp)
     return sums[: mb.num_seqs]

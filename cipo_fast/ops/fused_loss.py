@@ -22,6 +22,14 @@ for logits, probabilities and their gradient, is the only vocabulary-sized tenso
 tokens exceed the budget is done in budget-sized pieces in two sweeps (log-probs, then the recomputed
 logits for the gradients: 4 GEMMs, exactly the unfused op), so any length works.
 
+On a CPU the passes between the GEMMs are torch ops on the buffer in place (`_TorchRows`). On a GPU they
+are two Triton kernels (`cipo_fast.csrc_triton.fused_rows`, `_TritonRows`: log-sum-exp and z[y] in one
+read, dz in one read and one write, where torch ops take six round trips through HBM), and with fp16 /
+bf16 inputs the three GEMMs run on the 16-bit operands with fp32 outputs (`_MixedGemms`): the logits are
+fp32-accurate up to the inputs' own rounding, no fp32 copy of W is made. The Triton kernels of
+`sequence_logprobs` (4 GEMM-sized passes, logits never in memory) remain the trainer's default on CUDA;
+`--backend chunked` selects this op there (`bench/gpu_ops.py` measures both).
+
 The gradients are computed in the forward pass; `backward` scales them by the incoming gradient. The loss
 must decompose over the groups: `loss_of(groups, logps)` returns the summed loss of the listed groups from
 the `[S]` vector of per-sequence sums, reading only those groups' sequences.
@@ -35,9 +43,18 @@ import torch
 
 from cipo_fast.ops.logprobs import _GradGemms
 
-# One chunk's `[C, V]` fp32 buffer: C = _CHUNK_BYTES / (4 V) tokens (1365 tokens at V = 49152, an
-# R-TOFU-length pair; a longer group falls back to two sweeps).
+# One chunk's `[C, V]` fp32 buffer. CPU: C = 256 MiB / (4 V) tokens (1365 at V = 49152, an R-TOFU-length
+# pair; a longer group falls back to two sweeps). CUDA: up to 4 GiB (1/16 of the GPU's memory if less):
+# at V = 151936 a pair of 2 x 3.5k tokens in one sweep, where Liger's chunk of one pair is as large.
 _CHUNK_BYTES = 256 * 2**20
+_CHUNK_BYTES_CUDA = 4 * 2**30
+
+
+def default_chunk_bytes(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _CHUNK_BYTES
+    return min(_CHUNK_BYTES_CUDA, torch.cuda.get_device_properties(device).total_memory // 16)
+
 
 LossOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -59,36 +76,73 @@ def _chunks(group_rows: list[tuple[int, int]], budget: int) -> list[tuple[int, i
     return runs
 
 
-def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, need_dh, need_dw, gemms):
+class _TorchRows:
+    """The passes between the GEMMs as torch ops on the chunk buffer, in place: z -> e = exp(z - max z) ->
+    dz (the CPU path: the buffer rows are cache-resident while an op sweeps them)."""
+
+    def stats(self, z, y):
+        """(lse, z[y], state) of the chunk's logits; afterwards the buffer holds e, the state its row sums."""
+        zy = z.gather(1, y[:, None])[:, 0]
+        zmax = z.amax(dim=1)
+        sumexp = z.sub_(zmax[:, None]).exp_().sum(dim=1)
+        return zmax + sumexp.log(), zy, sumexp
+
+    def grad(self, z, y, lse, g, sumexp, gemms):
+        """dz = g (onehot(y) - p) as the GEMMs' operand; `sumexp` None: z holds recomputed logits."""
+        if sumexp is not None:  # -g p = -g e / sum e, one pass over the buffer
+            dz = z.mul_((-g / sumexp)[:, None])
+        else:
+            dz = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])
+        dz[torch.arange(z.shape[0], device=z.device), y] += g
+        return gemms.operand(dz)
+
+
+class _TritonRows:
+    """The same passes as two Triton kernels (`cipo_fast.csrc_triton.fused_rows`): the buffer keeps the
+    logits, dz goes to the operand dtype -- in place in fp32, else into one buffer of that dtype."""
+
+    def __init__(self, rows: int, vocab: int, operand_dtype: torch.dtype, device):
+        from cipo_fast.csrc_triton import fused_rows
+
+        self.k = fused_rows
+        self.low = None
+        if operand_dtype != torch.float32:
+            self.low = torch.empty(rows, vocab, dtype=operand_dtype, device=device)
+
+    def stats(self, z, y):
+        lse, zy = self.k.row_lse(z, y)
+        return lse, zy, None
+
+    def grad(self, z, y, lse, g, _state, _gemms):
+        return self.k.row_grad(z, y, lse, g, z if self.low is None else self.low[: z.shape[0]])
+
+
+def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, need_dh, need_dw, gemms, rows):
     """Active rows only: h [M, d], y [M], seq_of / shared_of [M] (shared_of: num_seqs = none); `gemms`
-    (`_GradGemms` of h, w) does GEMMs 2 and 3. Returns (loss, logps [S], dh [M, d] or None, dw [V, d] or
-    None)."""
-    m = h.shape[0]
+    (`_GradGemms` or `_MixedGemms` of h, w) does the GEMMs, `rows` (`_TorchRows` / `_TritonRows`) the
+    passes between them. Returns (loss, logps [S], dh [M, d] or None, dw [V, d] or None), in the compute
+    dtype `gemms.cdt`."""
+    m, cdt = h.shape[0], gemms.cdt
     ends = [0] + [b for _, b in group_rows]
     if m and (ends[-1] != m or any(a != e for (a, _), e in zip(group_rows, ends))):
         raise ValueError("group_bounds must cover every masked-in position, in order, without gaps")
-    logps = torch.zeros(num_seqs + 1, dtype=h.dtype, device=h.device)  # the last slot: "not shared"
-    dh = torch.empty_like(h) if need_dh else None
-    dw = torch.zeros_like(w) if need_dw else None
-    total = torch.zeros((), dtype=h.dtype, device=h.device)
+    logps = torch.zeros(num_seqs + 1, dtype=cdt, device=h.device)  # the last slot: "not shared"
+    dh = torch.empty(h.shape, dtype=cdt, device=h.device) if need_dh else None
+    dw = torch.zeros(w.shape, dtype=cdt, device=w.device) if need_dw else None
+    total = torch.zeros((), dtype=cdt, device=h.device)
+    buf = torch.empty(min(budget, m), w.shape[0], dtype=cdt, device=h.device)  # reused by every chunk
     for g0, g1 in _chunks(group_rows, budget):
         r0, r1 = group_rows[g0][0], group_rows[g1 - 1][1]
         pieces = [(s, min(s + budget, r1)) for s in range(r0, r1, budget)]
         keep = len(pieces) == 1  # the chunk's logits stay in memory between the two halves
-        lse = torch.empty(r1 - r0, dtype=h.dtype, device=h.device)
+        lse = torch.empty(r1 - r0, dtype=cdt, device=h.device)
         for a, b in pieces:
-            z = None  # the previous piece's buffer goes before this one is allocated
-            z = h[a:b] @ w.T  # GEMM 1
-            zy = z.gather(1, y[a:b, None])[:, 0]
-            zmax = z.amax(dim=1)
-            sumexp = z.sub_(zmax[:, None]).exp_().sum(dim=1)
-            lse[a - r0 : b - r0] = zmax + sumexp.log()
+            z = gemms.logits(slice(a, b), buf[: b - a])  # GEMM 1
+            lse[a - r0 : b - r0], zy, state = rows.stats(z, y[a:b])
             logp = zy - lse[a - r0 : b - r0]
             logps.index_add_(0, seq_of[a:b], logp)
             if shared_of is not None:
                 logps.index_add_(0, shared_of[a:b], logp)
-        if not keep:
-            z = None  # the gradient sweep recomputes its own buffers
         with torch.enable_grad():
             lp = logps[:num_seqs].detach().requires_grad_()
             part = loss_of(torch.arange(g0, g1, device=h.device), lp)
@@ -98,34 +152,82 @@ def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, ne
             if need_dh:
                 dh[r0:r1] = 0
             continue
-        g_ext = torch.cat([g_seq.to(h.dtype), g_seq.new_zeros(1, dtype=h.dtype)])
+        g_ext = torch.cat([g_seq.to(cdt), g_seq.new_zeros(1, dtype=cdt)])
         for a, b in pieces:
             g = g_ext[seq_of[a:b]]
             if shared_of is not None:
                 g = g + g_ext[shared_of[a:b]]
-            if keep:  # -g p = -g e / sum e, one pass over the buffer
-                dz = z.mul_((-g / sumexp)[:, None])
-            else:  # recomputed
-                dz = (h[a:b] @ w.T).sub_(lse[a - r0 : b - r0, None]).exp_().mul_(-g[:, None])
-            dz[torch.arange(b - a, device=h.device), y[a:b]] += g
-            dz = gemms.operand(dz)
+            if not keep:  # recomputed
+                z, state = gemms.logits(slice(a, b), buf[: b - a]), None
+            dz = rows.grad(z, y[a:b], lse[a - r0 : b - r0], g, state, gemms)
             if need_dh:
                 gemms.dh(dz, dh[a:b])  # GEMM 2
             if need_dw:
                 gemms.dw(dz, slice(a, b), dw)  # GEMM 3
-            dz = None
-        z = dz = None  # freed before the next chunk allocates its buffer
     return total, logps[:num_seqs], dh, dw
+
+
+class _MixedGemms:
+    """The three GEMMs on a GPU with fp16 / bf16 inputs: on the 16-bit operands themselves, with fp32 outputs
+    (cuBLAS accumulates in fp32; `torch.mm(..., out_dtype=torch.float32)`), so neither W nor h is copied to
+    fp32 and the logits keep fp32 precision. dz is rounded to the input dtype once per chunk (by the
+    Triton row kernel that forms it). Torch builds without `mm.dtype_out` on the device fall back to
+    `_GradGemms` on fp32 copies."""
+
+    cdt = torch.float32
+
+    def __init__(self, h, w):
+        self.h, self.w, self.operand_dtype = h, w, h.dtype
+
+    @staticmethod
+    def applies(h, w) -> bool:
+        return h.is_cuda and h.dtype in (torch.float16, torch.bfloat16) and _has_dtype_out(h.device)
+
+    def logits(self, rows: slice, out):
+        return torch.ops.aten.mm.dtype_out(self.h[rows], self.w.T, torch.float32, out=out)
+
+    def dh(self, dz, out):
+        torch.ops.aten.mm.dtype_out(dz, self.w, torch.float32, out=out)  # [C, V] @ [V, d]
+
+    def dw(self, dz, rows, acc):
+        acc.add_(torch.ops.aten.mm.dtype(dz.T, self.h[rows], torch.float32))  # [V, C] @ [C, d]
+
+    def operand(self, dz):
+        return dz.to(self.operand_dtype)
+
+
+_DTYPE_OUT: dict[str, bool] = {}
+
+
+def _has_dtype_out(device) -> bool:
+    """Whether this torch has the fp32-output GEMM for 16-bit inputs on `device` (CUDA, torch >= 2.8)."""
+    key = str(device)
+    if key not in _DTYPE_OUT:
+        a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
+        try:
+            _DTYPE_OUT[key] = torch.ops.aten.mm.dtype(a, a, torch.float32).dtype == torch.float32
+        except (RuntimeError, NotImplementedError, AttributeError):
+            _DTYPE_OUT[key] = False
+    return _DTYPE_OUT[key]
 
 
 class _FusedGroupLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, mask, seq_ids, shared_ids, plan):
-        group_bounds, num_seqs, loss_of, budget, grad_dtype = plan
+        group_bounds, num_seqs, loss_of, budget, grad_dtype, row_ops = plan
         idx = mask.nonzero()[:, 0]
         cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         h_in = hidden.index_select(0, idx)
-        h, w = h_in.to(cdt), weight.to(cdt)
+        if _MixedGemms.applies(h_in, weight):  # CUDA, 16-bit: no fp32 copies, fp32 GEMM outputs
+            h, w = h_in, weight
+            gemms = _MixedGemms(h, w)
+        else:
+            h, w = h_in.to(cdt), weight.to(cdt)
+            gemms = _GradGemms(h, w, grad_dtype, (h_in, weight))  # bf16 inputs serve as the bf16 operands
+        if row_ops == "triton":
+            rows_impl = _TritonRows(min(budget, h.shape[0]), w.shape[0], gemms.operand_dtype, h.device)
+        else:
+            rows_impl = _TorchRows()
         # each group's active rows: [first active index >= its first position, ... < its end)
         bounds = torch.tensor(group_bounds, dtype=idx.dtype, device=idx.device).reshape(-1, 2)
         rows = torch.searchsorted(idx, bounds).tolist()
@@ -142,7 +244,8 @@ class _FusedGroupLoss(torch.autograd.Function):
             budget,
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
-            _GradGemms(h, w, grad_dtype, (h_in, weight)),  # bf16 inputs serve as the bf16 operands
+            gemms,
+            rows_impl,
         )
         dh = None  # kept in the compute dtype until backward scales it
         if dh_m is not None:
@@ -172,8 +275,9 @@ def fused_group_loss(
     loss_of: LossOf,
     *,
     shared_ids: torch.Tensor | None = None,
-    chunk_bytes: int = _CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     grad_dtype: torch.dtype | None = None,
+    row_ops: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, per-sequence log-prob sums `[num_seqs]`, detached) with the loss's gradient computed in the
     pass (module docstring). Differentiable w.r.t. `hidden` and `weight` through the loss only.
@@ -182,12 +286,19 @@ def fused_group_loss(
     [N]: the second sequence a prefix-shared position counts for (`num_seqs` = none). `group_bounds`: the
     stream positions `[start, end)` of each group, in order, covering every masked-in position;
     `loss_of(group_indices, logps)` the summed loss of those groups. `grad_dtype`: the operand dtype of
-    GEMMs 2 and 3 (e.g. bf16 for bf16 inputs on a CPU with bf16 units; `logprobs._GradGemms`).
+    GEMMs 2 and 3 (e.g. bf16 for bf16 inputs on a CPU with bf16 units; `logprobs._GradGemms`). `chunk_bytes`:
+    the `[C, V]` buffer's size (None: `default_chunk_bytes` of the device). `row_ops`:
+    the passes between the GEMMs as torch ops ("torch") or Triton kernels ("triton": CUDA, or CPU tensors
+    under TRITON_INTERPRET=1); "auto" is Triton on CUDA, torch elsewhere.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
             f"hidden [N, d] and weight [V, d] expected, got {tuple(hidden.shape)}, {tuple(weight.shape)}"
         )
-    budget = chunk_tokens(weight.shape[0], chunk_bytes)
-    plan = (group_bounds, num_seqs, loss_of, budget, grad_dtype)
+    if row_ops not in ("auto", "torch", "triton"):
+        raise ValueError(f"row_ops: expected 'auto', 'torch' or 'triton', got {row_ops!r}")
+    if row_ops == "auto":
+        row_ops = "triton" if hidden.is_cuda else "torch"
+    budget = chunk_tokens(weight.shape[0], chunk_bytes or default_chunk_bytes(hidden.device))
+    plan = (group_bounds, num_seqs, loss_of, budget, grad_dtype, row_ops)
     return _FusedGroupLoss.apply(hidden, weight, targets, mask, seq_ids, shared_ids, plan)

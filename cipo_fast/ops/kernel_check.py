@@ -64,16 +64,28 @@ BACKWARD_FLAGS = tuple(
 
 # Launch-time specialisation used for the check (see the module docstring).
 _UNIT_STRIDES = {"stride_hd", "stride_wd", "stride_dhd", "stride_dwd", "stride_y", "stride_lse", "stride_g"}
-_DIV16_INTS = {"D", "v_per_split", "stride_hn", "stride_wv", "stride_dhn", "stride_dwv"}
+_DIV16_INTS = {
+    "D",
+    "v_per_split",
+    "stride_hn",
+    "stride_wv",
+    "stride_dhn",
+    "stride_dwv",
+    "stride_zn",
+    "stride_dzn",
+}
 _INDEX_PTRS = {"y_ptr", "rows_ptr"}
-_INPUT_PTRS = {"h_ptr", "w_ptr"}
+_INPUT_PTRS = {"h_ptr", "w_ptr", "dz_ptr"}  # in the input dtype; every other pointer is fp32
+# The fused loss's row kernels (`cipo_fast.csrc_triton.fused_rows`): row_lse reads fp32 only (compiled
+# once per target), row_grad writes the GEMM operand dtype (compiled for each).
+ROW_KERNELS = ("row_lse", "row_grad")
 
 
 @dataclass(frozen=True)
 class Variant:
     """One compilation: a kernel with a config, an input dtype and its constexpr flags, for a target."""
 
-    kernel: str  # "forward" | "backward"
+    kernel: str  # "forward" | "backward" | "row_lse" | "row_grad"
     config_name: str
     config: object  # logprobs.KernelConfig
     dtype: str  # key of DTYPES
@@ -83,6 +95,7 @@ class Variant:
 
 def variants(targets=DEFAULT_TARGETS) -> list[Variant]:
     """Every variant the launchers can pick on these targets (each distinct one once)."""
+    from cipo_fast.csrc_triton import fused_rows
     from cipo_fast.csrc_triton import logprobs as lk
 
     out: list[Variant] = []
@@ -95,17 +108,28 @@ def variants(targets=DEFAULT_TARGETS) -> list[Variant]:
                 for flags in flag_sets:
                     cfg = lk.CONFIG_TABLES["stats" if flags.get("STATS") else kernel][name]
                     out.append(Variant(kernel, name, cfg, dtype_name, tuple(flags.items()), target))
+            for kernel in ROW_KERNELS:
+                if kernel == "row_grad" or dtype_name == "fp32":
+                    out.append(Variant(kernel, "rows", fused_rows.CONFIG, dtype_name, (), target))
     return out
 
 
 def _compile_args(v: Variant) -> tuple[object, dict, dict, dict, dict]:
     """(kernel fn, signature, constexprs, attrs, compile options) of a launch of `v` with the typical specialisation."""
+    from cipo_fast.csrc_triton import fused_rows
     from cipo_fast.csrc_triton import logprobs as lk
 
-    fn = lk._logprobs_fwd_kernel if v.kernel == "forward" else lk._logprobs_bwd_kernel
+    fn = {
+        "forward": lk._logprobs_fwd_kernel,
+        "backward": lk._logprobs_bwd_kernel,
+        "row_lse": fused_rows._row_lse_kernel,
+        "row_grad": fused_rows._row_grad_kernel,
+    }[v.kernel]
     dtype, precision = DTYPES[v.dtype]
     defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}  # flags not given
-    meta = defaults | v.config.meta(v.kernel) | {"INPUT_PRECISION": precision, **dict(v.flags)}
+    meta = defaults | v.config.meta(v.kernel) | dict(v.flags)
+    if "INPUT_PRECISION" in fn.arg_names:
+        meta["INPUT_PRECISION"] = precision
     consts = {k: val for k, val in meta.items() if k in fn.arg_names}
     options = {k: val for k, val in meta.items() if k not in fn.arg_names}
     signature, constexprs, attrs = {}, {}, {}
