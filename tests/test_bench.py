@@ -252,3 +252,25 @@ def test_checkpoint_attention_smoke(tmp_path):
         assert len(row["times_s"]["keep"]) == len(row["times_s"]["recompute"]) == 2
         assert row["keep_s"] > 0 and row["recompute_s"] > 0 and row["sdpa_forward_s_per_layer"] > 0
         assert row["kept_bytes_per_layer"] == 4 * row["length"] * (64 + 4)
+
+
+def test_step_bound_smoke(tiny_model_dir, tmp_path):
+    """The bound is pass counts x one set of measured unit times: TRL's layer GEMMs are 5/4 of
+    cipo-fast's, its LM head 4/3, recomputed attention one forward more; measured steps are carried over."""
+    measured = tmp_path / "ms.json"
+    rows = [{"length": 32, "cipo-fast": {"step_time_s": 2.0}, "trl-default": {"step_time_s": 4.0}}]
+    measured.write_text(json.dumps({"rows": rows}))
+    run_script(
+        "step_bound.py",
+        *("--model", str(tiny_model_dir), "--lengths", "32", "--repeats", "1"),
+        *("--out", str(tmp_path), "--measured", str(measured)),
+    )
+    (point,) = json.loads((tmp_path / "step_bound.json").read_text())["points"]
+    s, unit = point["systems"], point["per_sequence_units_s"]
+    c, r, t = s["cipo-fast"], s["cipo-fast-recompute"], s["trl-default"]
+    assert math.isclose(t["parts_s"]["layer_gemms"], 1.25 * c["parts_s"]["layer_gemms"])
+    assert math.isclose(t["parts_s"]["head"], 4 / 3 * c["parts_s"]["head"])
+    assert math.isclose(r["parts_s"]["attention"] - c["parts_s"]["attention"], 2 * unit["attention_fwd_s"])
+    for v in s.values():
+        assert math.isclose(v["bound_s"], sum(v["parts_s"].values()))
+    assert (c["measured_s"], t["measured_s"], r["measured_s"]) == (2.0, 4.0, None)
