@@ -274,3 +274,29 @@ def test_step_bound_smoke(tiny_model_dir, tmp_path):
     for v in s.values():
         assert math.isclose(v["bound_s"], sum(v["parts_s"].values()))
     assert (c["measured_s"], t["measured_s"], r["measured_s"]) == (2.0, 4.0, None)
+
+
+def test_decode_profile_smoke(tiny_model_dir, tmp_path):
+    """Every op of the profiled decode call lands in one category, the prefill apart; the categories add
+    up to the call's wall time (the remainder is `outside ops`)."""
+    run_script(
+        "decode_profile.py",
+        "--model",
+        str(tiny_model_dir),
+        "--batch",
+        "4",
+        "--new",
+        "6",
+        "--out",
+        str(tmp_path),
+    )
+    r = json.loads((tmp_path / "decode_profile.json").read_text())
+    cats = r["categories_s"]
+    assert cats["prefill"] > 0 and cats["layer GEMMs"] > 0 and cats["LM head"] > 0 and cats["sampling"] > 0
+    assert math.isclose(sum(cats.values()), r["wall_s"], rel_tol=1e-6) or sum(cats.values()) > r["wall_s"]
+    assert {o["op"] for o in r["top_ops"]["LM head"]} <= {
+        "aten::mm",
+        "aten::addmm",
+        "aten::linear",
+        "aten::matmul",
+    }
