@@ -191,6 +191,16 @@ def test_compare_tables_render_a_partial_record():
     # ga: the setting at 0 % leak loses 74 points of retain, so the best is the 20 % one that keeps it
     assert f"ga | {ga_keys[2]} | 20.0% | 20.0%" in text
     assert "(best of an incomplete sweep: npo)" in text
+    # rows without a fingerprint (recorded before they existed) are named, but the demo's own CiPO run
+    assert "were recorded before settings had fingerprints" in text
+    settings = record["targets"]["a" * 64]["settings"]
+    assert len(compare_tables.unverified(settings)) == 4 and "ga " + ga_keys[2] in text
+    for rows in record["targets"]["a" * 64]["settings"].values():
+        for r in rows.values():
+            r["fingerprint"] = "f" * 16
+    record["targets"]["a" * 64]["settings"]["cipo"] = {f"lr={compare_tables.BASE_LR:g}": row(0.0, 0.85)}
+    assert "before settings had fingerprints" not in compare_tables.render(record, "a" * 64)
+    del record["targets"]["a" * 64]["settings"]["cipo"]
     # a setting at an lr outside the sweep (--compare-at) is shown but not counted as one of the sweep's
     record["targets"]["a" * 64]["settings"]["npo"]["lr=1"] = row(0.1, 0.2)
     assert f"4 of {total} settings done (+1 outside the sweep) (0.1 h" in compare_tables.render(
