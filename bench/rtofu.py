@@ -3,6 +3,7 @@
     python bench/rtofu.py                      # the full benchmark (hours; resumes where it stopped)
     python bench/rtofu.py --smoke --out DIR    # a few items, one round, short generations (CI-sized)
     python bench/rtofu.py --methods ga npo     # only these methods (others stay as they are)
+    python bench/rtofu.py --target-only        # the target's SFT and evaluation: does it memorise the fold?
 
 Protocol (R-TOFU, Yoon et al. 2025, arXiv 2505.15214, scaled to a CPU):
 
@@ -90,6 +91,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-samples", type=int, default=1)
     p.add_argument("--record", type=Path, default=RECORD, help="compare record file ('' for none)")
     p.add_argument("--smoke", action="store_true", help="a few items, one round, 8 new tokens")
+    p.add_argument(
+        "--target-only",
+        action="store_true",
+        help="stop after the target's SFT and evaluation (writes --result with the target's row, no table)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-readme", dest="readme", action="store_false")
     p.add_argument("--result", type=Path, default=RESULT)
@@ -115,6 +121,7 @@ def demo_config(a: argparse.Namespace):
         compare_methods=tuple(a.methods),
         compare_steps=2 if a.smoke else None,  # a tiny target may leak nothing, leaving CiPO without steps
         compare_record=str(a.record) if str(a.record) else None,
+        until="target" if a.target_only else None,
         progress=a.progress,
     )
 
@@ -221,8 +228,33 @@ def main(argv=None) -> dict:
         ),
     )
     before = headline(json.loads((a.out / "before" / "summary.json").read_text()))
-    summary = summarize_sweep({m: e["settings"] for m, e in result["compare"].items()}, before)
     memorised = all((before.get(k) or 0.0) >= MEMORISED for k in ("greedy_leak_cot", "greedy_leak_answer"))
+    note = (
+        f"Target greedy leak: CoT {100 * (before.get('greedy_leak_cot') or 0):.0f} %, answer "
+        f"{100 * (before.get('greedy_leak_answer') or 0):.0f} %"
+        + (
+            "."
+            if memorised
+            else f" -- below the {MEMORISED:.0%} line: the target does not memorise the fold."
+        )
+    )
+    if a.target_only:
+        out = {
+            "benchmark": "R-TOFU (target only)",
+            "machine": machine(),
+            "command": "python bench/rtofu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "data": {"forget_task": a.forget_task, "holdout_task": a.holdout_task, **sizes},
+            "target": before,
+            "target_memorises": memorised,
+            "sft": {"epochs": a.sft_epochs, "lr": a.sft_lr},
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "stages_s": result["timings_s"],
+        }
+        a.result.parent.mkdir(parents=True, exist_ok=True)
+        write_json(a.result, out)
+        print(f"{note} Stages: {result['timings_s']}. Wrote {a.result}")
+        return out
+    summary = summarize_sweep({m: e["settings"] for m, e in result["compare"].items()}, before)
     out = {
         "benchmark": "R-TOFU",
         "machine": machine(),
@@ -238,15 +270,6 @@ def main(argv=None) -> dict:
     a.result.parent.mkdir(parents=True, exist_ok=True)
     write_json(a.result, out)
     plotted = plot(summary, before, a.plot)
-    note = (
-        f"Target greedy leak: CoT {100 * (before.get('greedy_leak_cot') or 0):.0f} %, answer "
-        f"{100 * (before.get('greedy_leak_answer') or 0):.0f} %"
-        + (
-            "."
-            if memorised
-            else f" -- below the {MEMORISED:.0%} line: the target does not memorise the fold."
-        )
-    )
     table = (
         f"{note} Host: {out['machine'].get('cpu', '?')}; wall time of this run {out['wall_s'] / 60:.0f} min.\n\n"
         f"{compare_table(summary, before, COLUMNS)}\n\nEvery setting:\n\n{sweep_table(summary)}"

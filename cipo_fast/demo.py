@@ -80,6 +80,12 @@ class DemoConfig:
         "methods, the evaluations' decoding): bf16 autocast, auto = when the CPU has bf16 units, off = fp32",
         choices=("auto", "bf16", "off"),
     )
+    until: str | None = opt(
+        None,
+        "stop after this stage: target = the target's SFT and its evaluation (does it memorise the forget "
+        "set?) before the hours of unlearning",
+        choices=("target",),
+    )
     progress: bool = opt(True, "progress bars")
 
     def __post_init__(self):  # fails before the minutes of SFT that come before the first TrainConfig
@@ -385,6 +391,12 @@ def main(cfg: DemoConfig, build_data=None) -> dict:
     data["retain_all"] = retain_with_arithmetic(data, out / "data" / "retain_all.jsonl")
     target = stage("target model", lambda: target_model(cfg, data))
     before = stage("evaluate target", lambda: eval_once(cfg, str(target), out / "before", data, "before"))
+    if cfg.until == "target":
+        return {
+            "data": {k: str(v) for k, v in data.items()},
+            "target_model": str(target),
+            "timings_s": timings,
+        }
 
     cipo_dir = out / "cipo"
 

@@ -205,3 +205,27 @@ def test_smoke_run_resumes_and_redoes_only_a_changed_method(tiny_model_dir, tmp_
     (entry,) = json.loads((tmp_path / "record.json").read_text())["targets"].values()
     fingerprints = {m: entry["settings"][m]["lr=0.001"]["fingerprint"] for m in ("ga", "npo")}
     assert len(set(fingerprints.values())) == 2 and all(fingerprints.values())
+
+
+def test_target_only_stops_before_unlearning(tiny_model_dir, tmp_path, monkeypatch):
+    """--target-only: the target's SFT and evaluation, its row and the memorisation verdict; no CiPO, no
+    compared method, no table."""
+    import cipo_fast
+
+    monkeypatch.setenv("CIPO_FAST_CACHE", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(cipo_fast, "fit", lambda c: calls.append(c.method))
+    root = fake_root(tmp_path / "data")
+    argv = [
+        "--smoke", "--target-only", "--out", str(tmp_path / "run"), "--data-root", str(root),
+        "--model", str(tiny_model_dir), "--sft-epochs", "1", "--no-progress", "--no-readme",
+        "--record", "", "--result", str(tmp_path / "target.json"), "--plot", str(tmp_path / "p.png"),
+    ]  # fmt: skip
+    out = _bench().main(argv)
+    assert calls == [] and not (tmp_path / "run" / "cipo").exists() and not (tmp_path / "p.png").exists()
+    saved = json.loads((tmp_path / "target.json").read_text())
+    assert saved == json.loads(json.dumps(out)) and saved["benchmark"] == "R-TOFU (target only)"
+    assert saved["target_memorises"] == (
+        saved["target"]["greedy_leak_cot"] >= 0.8 and saved["target"]["greedy_leak_answer"] >= 0.8
+    )
+    assert set(saved["stages_s"]) == {"data", "target model", "evaluate target"}
