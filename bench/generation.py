@@ -7,7 +7,9 @@ with transformers' own `generate` on the same batch, and how far is a decode ste
 allows?
 
 Method: the demo's synthetic forget questions, chat-formatted with the demo's system prompt, repeated to
-`--batch` rows and left-padded as `generate_many` pads them. Every system decodes greedily for exactly
+`--batch` rows and left-padded as `generate_many` pads them (12 distinct prompts, as a CiPO round's
+samples of its 12 forget items: cipo-fast prefills each distinct prompt once, `decode(share_prefill=True)`;
+the "every row prefilled" row turns that off, as transformers' `generate` does). Every system decodes greedily for exactly
 `--new` tokens (EOS ignored: cipo-fast's `decode` with an EOS id that never occurs, transformers with
 `min_new_tokens`), so all do the same work; each is timed `--repeats` times after one warm-up call and
 the median is reported. Limits of one decode step of B rows: reading the weights once (their bytes / the
@@ -91,11 +93,11 @@ def run(a: argparse.Namespace) -> dict:
         ids[k, width - len(e) :], mask[k, width - len(e) :] = torch.tensor(e), 1
     greedy = torch.zeros(a.batch)
 
-    def ours(dtype):
+    def ours(dtype, share=True):
         def go():
             ctx = torch.autocast("cpu", dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
             with ctx:
-                out = decode(model, ids, mask, greedy, a.new, eos_id=-1, pad_id=pad)
+                out = decode(model, ids, mask, greedy, a.new, eos_id=-1, pad_id=pad, share_prefill=share)
             assert out.shape == (a.batch, a.new), out.shape
             return out
 
@@ -114,7 +116,11 @@ def run(a: argparse.Namespace) -> dict:
         assert out.shape == (a.batch, width + a.new), out.shape
         return out
 
-    systems = {"cipo-fast (fp32)": ours(None), "transformers generate (fp32)": transformers_generate}
+    systems = {
+        "cipo-fast (fp32)": ours(None),
+        "cipo-fast (fp32, every row prefilled)": ours(None, share=False),
+        "transformers generate (fp32)": transformers_generate,
+    }
     if cpu_bf16_units() or a.bf16:
         systems["cipo-fast (bf16 autocast)"] = ours(torch.bfloat16)
     rows, outputs = [], {}

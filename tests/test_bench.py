@@ -178,7 +178,12 @@ def test_generation_smoke(tiny_model_dir, tmp_path):
     )
     r = json.loads((tmp_path / "generation.json").read_text())
     names = [row["system"] for row in r["rows"]]
-    assert names == ["cipo-fast (fp32)", "transformers generate (fp32)", "cipo-fast (bf16 autocast)"]
+    assert names == [
+        "cipo-fast (fp32)",
+        "cipo-fast (fp32, every row prefilled)",
+        "transformers generate (fp32)",
+        "cipo-fast (bf16 autocast)",
+    ]
     assert all(row["median_s"] > 0 and row["tokens_per_s"] > 0 for row in r["rows"])
     assert r["greedy_rows_equal_to_transformers"] == 3 and r["greedy_first_difference_at"] == []
     lim = r["limits"]

@@ -58,3 +58,36 @@ def test_autocast_decoding_runs_in_bf16_and_matches_transformers_under_the_same_
             )
         assert text == tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
     assert all(torch.equal(v, before[k]) and v.dtype == torch.float32 for k, v in model.state_dict().items())
+
+
+def test_shared_prefill_gives_the_same_tokens_with_fewer_prompt_tokens(tiny_model_dir):
+    """Rows with the same prompt are prefilled once (`decode(share_prefill=True)`): the prefill forward sees
+    one row per distinct prompt, and greedy and sampled tokens (same generator seed) equal those of the
+    unshared decode, in float64 where the two batch shapes cannot round differently."""
+    from cipo_fast.model.generation import decode
+
+    model, tok = load_model(str(tiny_model_dir), ModelOptions())
+    model = model.double()
+    prompts = ["The sky is", "Once upon a time there was", "The sky is", "2 + 2 =", "The sky is"]
+    enc = [tok(p)["input_ids"] for p in prompts]
+    w = max(map(len, enc))
+    ids = torch.full((len(enc), w), tok.eos_token_id)
+    mask = torch.zeros((len(enc), w), dtype=torch.long)
+    for k, e in enumerate(enc):
+        ids[k, w - len(e) :], mask[k, w - len(e) :] = torch.tensor(e), 1
+    temps = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0])
+    prefill_rows = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: prefill_rows.append(kw["input_ids"].shape) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True,
+    )
+    out = {}
+    for share in (True, False):
+        g = torch.Generator().manual_seed(5)
+        out[share] = decode(
+            model, ids, mask, temps, 7, tok.eos_token_id, tok.eos_token_id, g, share_prefill=share
+        )
+    hook.remove()
+    assert [s[0] for s in prefill_rows] == [3, 5]  # 3 distinct prompts, then all 5 rows
+    assert torch.equal(out[True], out[False])
+    assert torch.equal(out[True][0], out[True][4])  # the same prompt greedy: the same tokens

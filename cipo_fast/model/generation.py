@@ -139,6 +139,7 @@ def decode(
     pad_id: int,
     generator=None,
     processor: LogitsProcessor | None = None,
+    share_prefill: bool = True,
 ) -> torch.Tensor:
     """New tokens `[B, <= max_new_tokens]` for left-padded prompts `ids`/`mask` `[B, W]`, each row at its
     own temperature; rows after their EOS hold `pad_id`; stops when every row has ended. `processor`
@@ -146,7 +147,10 @@ def decode(
 
     The KV cache is allocated once for `W + max_new_tokens` positions (no per-step concatenation, which
     costs as much as the LM head in transformers' growing cache at this size) and only the last
-    position's logits are computed."""
+    position's logits are computed. With `share_prefill`, rows with the same prompt (the samples of one
+    question, strategies without a prefill of their own) are prefilled once and their cache rows copied
+    (`Cache.reorder_cache`, transformers' beam-search reordering), so a batch of k samples per prompt
+    runs 1/k of the prompt tokens through the model."""
     from transformers import StaticCache
 
     # transformers >= 5.23 renames `past_key_values` to `cache` (FutureWarning); older 5.x only know the
@@ -160,15 +164,27 @@ def decode(
         cache = StaticCache(config=model.config, max_cache_len=w + max_new_tokens)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         full_mask = torch.cat((mask, torch.zeros(b, max_new_tokens, dtype=mask.dtype, device=device)), 1)
+        rows = None  # the prompt each row decodes from, when some rows share one
+        if share_prefill and b > 1:
+            uniq, inverse = torch.unique(torch.cat((ids, mask.to(ids.dtype)), 1), dim=0, return_inverse=True)
+            if uniq.shape[0] < b:
+                rows = inverse
+                # one row of each prompt (the rows of a prompt are equal, so any one)
+                first = torch.zeros(uniq.shape[0], dtype=torch.long, device=device)
+                first.scatter_(0, inverse, torch.arange(b, device=device))
+        pre = slice(None) if rows is None else first  # the prefill's rows
         logits = model(
-            input_ids=ids,
-            attention_mask=full_mask[:, :w],
-            position_ids=pos,
+            input_ids=ids[pre],
+            attention_mask=full_mask[pre, :w],
+            position_ids=pos[pre],
             past_key_values=cache,
             use_cache=True,
             cache_position=torch.arange(w, device=device),
             logits_to_keep=1,
         ).logits[:, -1]
+        if rows is not None:  # every row gets its prompt's cache and next-token logits
+            cache.reorder_cache(rows)
+            logits = logits.index_select(0, rows)
         nxt_pos = pos[:, -1:] + 1
         done = torch.zeros(b, dtype=torch.bool, device=device)
         new = []
