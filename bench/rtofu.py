@@ -238,35 +238,28 @@ def main(argv=None) -> dict:
             else f" -- below the {MEMORISED:.0%} line: the target does not memorise the fold."
         )
     )
-    if a.target_only:
-        out = {
-            "benchmark": "R-TOFU (target only)",
-            "machine": machine(),
-            "command": "python bench/rtofu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "data": {"forget_task": a.forget_task, "holdout_task": a.holdout_task, **sizes},
-            "target": before,
-            "target_memorises": memorised,
-            "sft": {"epochs": a.sft_epochs, "lr": a.sft_lr},
-            "wall_s": round(time.perf_counter() - t0, 1),
-            "stages_s": result["timings_s"],
-        }
-        a.result.parent.mkdir(parents=True, exist_ok=True)
-        write_json(a.result, out)
-        print(f"{note} Stages: {result['timings_s']}. Wrote {a.result}")
-        return out
-    summary = summarize_sweep({m: e["settings"] for m, e in result["compare"].items()}, before)
     out = {
-        "benchmark": "R-TOFU",
+        "benchmark": "R-TOFU (target only)" if a.target_only else "R-TOFU",
         "machine": machine(),
         "command": "python bench/rtofu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "data": {"forget_task": a.forget_task, "holdout_task": a.holdout_task, **sizes},
         "target": before,
         "target_memorises": memorised,
-        "methods": summary,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "stages_s": result["timings_s"],
-        "unseen_phrasings": result.get("unseen_phrasings"),  # target and CiPO, with --rephrased
+        "sft": {"epochs": a.sft_epochs, "lr": a.sft_lr},
     }
+    if a.target_only:
+        out.update(wall_s=round(time.perf_counter() - t0, 1), stages_s=result["timings_s"])
+        a.result.parent.mkdir(parents=True, exist_ok=True)
+        write_json(a.result, out)
+        print(f"{note} Stages: {result['timings_s']}. Wrote {a.result}")
+        return out
+    summary = summarize_sweep({m: e["settings"] for m, e in result["compare"].items()}, before)
+    out.update(
+        methods=summary,
+        wall_s=round(time.perf_counter() - t0, 1),
+        stages_s=result["timings_s"],
+        unseen_phrasings=result.get("unseen_phrasings"),  # target and CiPO, with --rephrased
+    )
     a.result.parent.mkdir(parents=True, exist_ok=True)
     write_json(a.result, out)
     plotted = plot(summary, before, a.plot)

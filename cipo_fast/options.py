@@ -59,7 +59,7 @@ def check_fields(obj) -> None:
                 if not ok:
                     raise ValueError(f"{flag(f.name)}: expected {sign} {bound}, got {v}")
         choices = f.metadata.get("choices")
-        if choices is not None:
+        if choices is not None and value is not None:  # None: an Optional field left unset (type-checked)
             for v in value if isinstance(value, (list, tuple)) else [value]:
                 if v not in choices:
                     raise ValueError(
