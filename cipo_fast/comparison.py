@@ -17,7 +17,10 @@ demo's CiPO run (same batch size, constant schedule, the same retain set) and is
     idk_dpo,           --method dpo, pairs over the gold trace               direct_idk_pairs,
     reasoned_idk_dpo                                                         reasoned_idk_pairs
     tru                --method tru (--tru-alpha 1), retain NLL              tru_pairs
-    r2mu               --method r2mu (its own defaults)                      forget items
+    r2mu               --method r2mu (its own defaults, c by Adaptive RMU)   forget items
+    r2mu_alpha1200     the same with RMU's retain weight alpha = 1200 (the     forget items
+                       WMDP RMU code's, which Adaptive RMU keeps), swept
+                       around 10x R²MU's learning rate
     star, guard        no training: eval --guard star | guard on the target
 
 A fair budget is a learning rate that suits the method, so each trained method runs at every multiple in
@@ -45,6 +48,7 @@ class MethodSpec:
     options: dict = field(default_factory=dict)
     guard: str = "none"
     own_lr: bool = False  # the method's own default learning rate is its base (R²MU)
+    lr_scale: float = 1.0  # the base learning rate times this (a variant that needs larger steps)
 
 
 METHODS: dict[str, MethodSpec] = {  # run in this order: the costly CiPO sweep points last
@@ -63,6 +67,9 @@ METHODS: dict[str, MethodSpec] = {  # run in this order: the costly CiPO sweep p
     "reasoned_idk_dpo": MethodSpec("dpo", "reasoned_idk_pairs"),
     "tru": MethodSpec("tru", "tru_pairs"),
     "r2mu": MethodSpec("r2mu", "items", own_lr=True),
+    # with alpha = 1.7 R²MU forgets only from 10x its lr on, at the cost of the retain set (README); a
+    # retain weight of 1200 holds the retained activations while larger steps move the forget ones
+    "r2mu_alpha1200": MethodSpec("r2mu", "items", {"r2mu_alpha": 1200.0}, own_lr=True, lr_scale=10.0),
     "star": MethodSpec(None, guard="star"),
     "guard": MethodSpec(None, guard="guard"),
     "cipo": MethodSpec("cipo", "items"),
@@ -73,7 +80,7 @@ def sweep_lrs(spec: MethodSpec, base_lr: float, own_default: float | None = None
     """The learning rates a method is tried at (none for a guard)."""
     if spec.method is None:
         return []
-    base = own_default if spec.own_lr and own_default else base_lr
+    base = (own_default if spec.own_lr and own_default else base_lr) * spec.lr_scale
     return [round(base * m, 12) for m in LR_SWEEP]
 
 

@@ -293,7 +293,12 @@ def method_config(cfg: DemoConfig, spec, files: dict, data: dict, lr: float, epo
             scheduler="constant",
             # c from the model's own activation scale (Adaptive RMU, β = 5 of its code): the paper's c = 6.5
             # was set for 7-14B models; the demo target's layer-7 outputs have per-token norms of ~130
-            r2mu=R2muConfig(r2mu_lr=lr, r2mu_cot_data=str(data["arithmetic_train"]), r2mu_adaptive_scale=5.0),
+            r2mu=R2muConfig(
+                r2mu_lr=lr,
+                r2mu_cot_data=str(data["arithmetic_train"]),
+                r2mu_adaptive_scale=5.0,
+                **spec.options,
+            ),
             **common,
         )
     over = dict(spec.options)

@@ -47,6 +47,8 @@ def test_sweep_learning_rates():
     assert sweep_lrs(METHODS["ga"], 1e-4) == [pytest.approx(m * 1e-4) for m in LR_SWEEP]
     assert sweep_lrs(METHODS["r2mu"], 1e-4, 7.5e-5) == [pytest.approx(m * 7.5e-5) for m in LR_SWEEP]
     assert sweep_lrs(METHODS["star"], 1e-4) == []
+    # a variant whose base is scaled: R²MU with RMU's retain weight, around 10x R²MU's own rate
+    assert sweep_lrs(METHODS["r2mu_alpha1200"], 1e-4, 7.5e-5) == [pytest.approx(m * 7.5e-4) for m in LR_SWEEP]
 
 
 def test_tables_mark_the_best_setting():
@@ -263,3 +265,16 @@ def test_fields_added_later_keep_the_fingerprints_recorded_before_them():
     before = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "cpu_autocast"}
     assert fingerprint(cfg) == fingerprint(before)
     assert fingerprint(dataclasses.replace(cfg, cpu_autocast="bf16")) != fingerprint(cfg)
+
+
+def test_r2mu_variant_sets_its_retain_weight_and_leaves_r2mu_alone():
+    from cipo_fast.demo import DemoConfig, method_config
+
+    data = {"forget": "f.jsonl", "retain": "r.jsonl", "arithmetic_train": "a.jsonl", "retain_all": "ra.jsonl"}
+    made = {
+        name: method_config(DemoConfig(), METHODS[name], {}, data, 1e-4, 1.0, model="m", out="o", max_steps=3)
+        for name in ("r2mu", "r2mu_alpha1200")
+    }
+    assert made["r2mu_alpha1200"].r2mu.r2mu_alpha == 1200.0
+    assert made["r2mu"].r2mu.r2mu_alpha == 1.7  # the R²MU README's ALPHA, as before the variant existed
+    assert made["r2mu"].r2mu.r2mu_adaptive_scale == made["r2mu_alpha1200"].r2mu.r2mu_adaptive_scale == 5.0
