@@ -289,7 +289,7 @@ def fused_group_loss(
     GEMMs 2 and 3 (e.g. bf16 for bf16 inputs on a CPU with bf16 units; `logprobs._GradGemms`). `chunk_bytes`:
     the `[C, V]` buffer's size (None: `default_chunk_bytes` of the device). `row_ops`:
     the passes between the GEMMs as torch ops ("torch") or Triton kernels ("triton": CUDA, or CPU tensors
-    under TRITON_INTERPRET=1); "auto" is Triton on CUDA, torch elsewhere.
+    under TRITON_INTERPRET=1); "auto" is Triton on CUDA (but for fp64), torch elsewhere.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
@@ -297,8 +297,8 @@ def fused_group_loss(
         )
     if row_ops not in ("auto", "torch", "triton"):
         raise ValueError(f"row_ops: expected 'auto', 'torch' or 'triton', got {row_ops!r}")
-    if row_ops == "auto":
-        row_ops = "triton" if hidden.is_cuda else "torch"
+    if row_ops == "auto":  # the Triton row kernels read fp32 logits: fp64 stays on torch ops
+        row_ops = "triton" if hidden.is_cuda and hidden.dtype != torch.float64 else "torch"
     budget = chunk_tokens(weight.shape[0], chunk_bytes or default_chunk_bytes(hidden.device))
     plan = (group_bounds, num_seqs, loss_of, budget, grad_dtype, row_ops)
     return _FusedGroupLoss.apply(hidden, weight, targets, mask, seq_ids, shared_ids, plan)
