@@ -68,8 +68,9 @@ def test_row_grad_matches_torch(c, v, dtype, confident, seed):
     else:
         out = fr.row_grad(z, y, lse, g, torch.empty(c, v, dtype=dtype, device=DEVICE))
         assert out.dtype == dtype
-        # each entry is the fp32 value rounded once (half an fp16 ulp), the onehot term included
-        torch.testing.assert_close(out.double(), ref, rtol=2**-11, atol=6e-8)
+        # each entry is the fp32 value rounded once (half an fp16 ulp), the onehot term included; below
+        # fp16's normal range the step is 2^-24, and fp32 vs float64 may straddle a rounding boundary
+        torch.testing.assert_close(out.double(), ref, rtol=2**-11, atol=2**-23)
     assert torch.all(out[0] == 0)
 
 
@@ -140,16 +141,16 @@ def test_fused_op_on_triton_rows_with_fp16_gradient_operands():
 @pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else []))
 def test_fused_op_with_16bit_inputs(dtype):
     """16-bit hidden states and head: on a GPU the GEMMs take the 16-bit operands with fp32 outputs
-    (`_MixedGemms`, asserted to be the path taken there); the loss and gradients are those of the fp32
+    (`head_gemms.MixedGemms`, asserted to be the path taken there); the loss and gradients are those of the fp32
     textbook path on the same rounded inputs, within the operands' precision."""
-    from cipo_fast.ops import fused_loss
+    from cipo_fast.ops import head_gemms
 
     vocab, d = 300, 16
     mb = packed(random.Random(5), n_pairs=2, share=True, vocab=vocab).to(DEVICE)
     h, w, ref = inputs(mb, vocab, d, seed=3)
     h, w = h.to(dtype), w.to(dtype)
     if DEVICE == "cuda":
-        assert fused_loss._MixedGemms.applies(h, w), "torch lacks mm(..., out_dtype=float32) on this GPU"
+        assert head_gemms.MixedGemms.applies(h, w), "torch lacks mm(..., out_dtype=float32) on this GPU"
     got = run(mb, "triton", h, w, ref, 1 << 20)
     full = run(mb, None, h.float(), w.float(), ref, 1 << 20)
     torch.testing.assert_close(got[0].float(), full[0], rtol=1e-4, atol=1e-4)  # logits: fp32 accumulation

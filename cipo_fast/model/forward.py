@@ -139,7 +139,7 @@ def check_logits_path(model, tokenizer, backend: str = "auto", tol: float = 1e-3
 def _head_inputs(model, mb, autocast_dtype):
     """(hidden [T, d] scaled, head weight [V, d] in one dtype, head spec, micro-batch on the device, the
     head's gradient-GEMM dtype: under CPU autocast its dH / dW GEMMs run in bf16 like every decoder matmul,
-    the logits GEMM and the log-softmax in fp32 (`ops.logprobs._GradGemms`); None elsewhere)."""
+    the logits GEMM and the log-softmax in fp32 (`ops.head_gemms.GradGemms`); None elsewhere)."""
     spec = head_spec(model)
     device = compute_device(model)
     mb = mb.to(device)

@@ -25,7 +25,7 @@ logits for the gradients: 4 GEMMs, exactly the unfused op), so any length works.
 On a CPU the passes between the GEMMs are torch ops on the buffer in place (`_TorchRows`). On a GPU they
 are two Triton kernels (`cipo_fast.csrc_triton.fused_rows`, `_TritonRows`: log-sum-exp and z[y] in one
 read, dz in one read and one write, where torch ops take six round trips through HBM), and with fp16 /
-bf16 inputs the three GEMMs run on the 16-bit operands with fp32 outputs (`_MixedGemms`): the logits are
+bf16 inputs the three GEMMs run on the 16-bit operands with fp32 outputs (`MixedGemms`): the logits are
 fp32-accurate up to the inputs' own rounding, no fp32 copy of W is made. The Triton kernels of
 `sequence_logprobs` (4 GEMM-sized passes, logits never in memory) remain the trainer's default on CUDA;
 `--backend chunked` selects this op there (`bench/gpu_ops.py` measures both).
@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import torch
 
-from cipo_fast.ops.logprobs import _GradGemms
+from cipo_fast.ops.head_gemms import GradGemms, MixedGemms
 
 # One chunk's `[C, V]` fp32 buffer. CPU: C = 256 MiB / (4 V) tokens (1365 at V = 49152, an R-TOFU-length
 # pair; a longer group falls back to two sweeps). CUDA: up to 4 GiB (1/16 of the GPU's memory if less):
@@ -119,7 +119,7 @@ class _TritonRows:
 
 def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, need_dh, need_dw, gemms, rows):
     """Active rows only: h [M, d], y [M], seq_of / shared_of [M] (shared_of: num_seqs = none); `gemms`
-    (`_GradGemms` or `_MixedGemms` of h, w) does the GEMMs, `rows` (`_TorchRows` / `_TritonRows`) the
+    (`GradGemms` or `MixedGemms` of h, w) does the GEMMs, `rows` (`_TorchRows` / `_TritonRows`) the
     passes between them. Returns (loss, logps [S], dh [M, d] or None, dw [V, d] or None), in the compute
     dtype `gemms.cdt`."""
     m, cdt = h.shape[0], gemms.cdt
@@ -167,50 +167,6 @@ def _fused(h, w, y, seq_of, shared_of, group_rows, num_seqs, loss_of, budget, ne
     return total, logps[:num_seqs], dh, dw
 
 
-class _MixedGemms:
-    """The three GEMMs on a GPU with fp16 / bf16 inputs: on the 16-bit operands themselves, with fp32 outputs
-    (cuBLAS accumulates in fp32; `torch.mm(..., out_dtype=torch.float32)`), so neither W nor h is copied to
-    fp32 and the logits keep fp32 precision. dz is rounded to the input dtype once per chunk (by the
-    Triton row kernel that forms it). Torch builds without `mm.dtype_out` on the device fall back to
-    `_GradGemms` on fp32 copies."""
-
-    cdt = torch.float32
-
-    def __init__(self, h, w):
-        self.h, self.w, self.operand_dtype = h, w, h.dtype
-
-    @staticmethod
-    def applies(h, w) -> bool:
-        return h.is_cuda and h.dtype in (torch.float16, torch.bfloat16) and _has_dtype_out(h.device)
-
-    def logits(self, rows: slice, out):
-        return torch.ops.aten.mm.dtype_out(self.h[rows], self.w.T, torch.float32, out=out)
-
-    def dh(self, dz, out):
-        torch.ops.aten.mm.dtype_out(dz, self.w, torch.float32, out=out)  # [C, V] @ [V, d]
-
-    def dw(self, dz, rows, acc):
-        acc.add_(torch.ops.aten.mm.dtype(dz.T, self.h[rows], torch.float32))  # [V, C] @ [C, d]
-
-    def operand(self, dz):
-        return dz.to(self.operand_dtype)
-
-
-_DTYPE_OUT: dict[str, bool] = {}
-
-
-def _has_dtype_out(device) -> bool:
-    """Whether this torch has the fp32-output GEMM for 16-bit inputs on `device` (CUDA, torch >= 2.8)."""
-    key = str(device)
-    if key not in _DTYPE_OUT:
-        a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
-        try:
-            _DTYPE_OUT[key] = torch.ops.aten.mm.dtype(a, a, torch.float32).dtype == torch.float32
-        except (RuntimeError, NotImplementedError, AttributeError):
-            _DTYPE_OUT[key] = False
-    return _DTYPE_OUT[key]
-
-
 class _FusedGroupLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, mask, seq_ids, shared_ids, plan):
@@ -218,12 +174,12 @@ class _FusedGroupLoss(torch.autograd.Function):
         idx = mask.nonzero()[:, 0]
         cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         h_in = hidden.index_select(0, idx)
-        if _MixedGemms.applies(h_in, weight):  # CUDA, 16-bit: no fp32 copies, fp32 GEMM outputs
+        if MixedGemms.applies(h_in, weight):  # CUDA, 16-bit: no fp32 copies, fp32 GEMM outputs
             h, w = h_in, weight
-            gemms = _MixedGemms(h, w)
+            gemms = MixedGemms(h, w)
         else:
             h, w = h_in.to(cdt), weight.to(cdt)
-            gemms = _GradGemms(h, w, grad_dtype, (h_in, weight))  # bf16 inputs serve as the bf16 operands
+            gemms = GradGemms(h, w, grad_dtype, (h_in, weight))  # bf16 inputs serve as the bf16 operands
         if row_ops == "triton":
             rows_impl = _TritonRows(min(budget, h.shape[0]), w.shape[0], gemms.operand_dtype, h.device)
         else:
@@ -286,7 +242,7 @@ def fused_group_loss(
     [N]: the second sequence a prefix-shared position counts for (`num_seqs` = none). `group_bounds`: the
     stream positions `[start, end)` of each group, in order, covering every masked-in position;
     `loss_of(group_indices, logps)` the summed loss of those groups. `grad_dtype`: the operand dtype of
-    GEMMs 2 and 3 (e.g. bf16 for bf16 inputs on a CPU with bf16 units; `logprobs._GradGemms`). `chunk_bytes`:
+    GEMMs 2 and 3 (e.g. bf16 for bf16 inputs on a CPU with bf16 units; `head_gemms.GradGemms`). `chunk_bytes`:
     the `[C, V]` buffer's size (None: `default_chunk_bytes` of the device). `row_ops`:
     the passes between the GEMMs as torch ops ("torch") or Triton kernels ("triton": CUDA, or CPU tensors
     under TRITON_INTERPRET=1); "auto" is Triton on CUDA (but for fp64), torch elsewhere.

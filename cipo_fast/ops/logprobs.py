@@ -43,6 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cipo_fast.ops.head_gemms import GradGemms, chunk_buffer
+
 BACKENDS = ("auto", "triton", "chunked", "reference")
 
 # Logits buffer budget for one chunk of the `chunked` backend: chunk * V * 4 bytes.
@@ -58,7 +60,7 @@ class LogprobOptions:
     softcap: float | None = None  # logits -> softcap * tanh(logits / softcap)
     filter_eps: float | None = None  # triton: skip tiles whose max |onehot(y) - p| (over tokens with g != 0)
     # is below this; 0 = off; None = auto: finfo(dtype).eps / 32 for fp16/bf16, off for fp32
-    grad_dtype: torch.dtype | None = None  # chunked: operand dtype of the backward GEMMs (`_GradGemms`)
+    grad_dtype: torch.dtype | None = None  # chunked: operand dtype of the backward GEMMs (`GradGemms`)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,12 +204,6 @@ def _chunk_size(opts: LogprobOptions, vocab: int) -> int:
     return max(16, _CHUNK_BYTES // (4 * vocab))
 
 
-def _chunk_buffer(h: torch.Tensor, w: torch.Tensor, c: int) -> torch.Tensor:
-    """One `[C, V]` buffer reused by every chunk of a call: a fresh CPU tensor this large is a fresh mmap
-    whose pages fault in on first touch (~10 % of the logits GEMM at C = 1024, V = 49152, measured)."""
-    return torch.empty(min(c, h.shape[0]), w.shape[0], dtype=h.dtype, device=h.device)
-
-
 def _chunk_logits(h: torch.Tensor, w: torch.Tensor, softcap: float | None, buf: torch.Tensor) -> torch.Tensor:
     z = torch.mm(h, w.T, out=buf[: h.shape[0]])  # [C, d] @ [d, V] -> [C, V], fp32
     if softcap is not None:
@@ -221,7 +217,7 @@ def _chunked_forward(h, w, y, opts):
     logp = torch.empty(m, dtype=h.dtype, device=h.device)
     lse = torch.empty(m, dtype=h.dtype, device=h.device)
     c = _chunk_size(opts, w.shape[0])
-    buf = _chunk_buffer(h, w, c)
+    buf = chunk_buffer(h, w, c)
     for s in range(0, m, c):
         z = _chunk_logits(h[s : s + c], w, opts.softcap, buf)
         zy = z.gather(1, y[s : s + c, None])[:, 0]
@@ -238,7 +234,7 @@ def _chunked_stats(h, w, y, opts):
     m = h.shape[0]
     out = torch.empty(3, m, dtype=h.dtype, device=h.device)  # rows: logp, mean, var
     c = _chunk_size(opts, w.shape[0])
-    buf = _chunk_buffer(h, w, c)
+    buf = chunk_buffer(h, w, c)
     for s in range(0, m, c):
         z = _chunk_logits(h[s : s + c], w, opts.softcap, buf)  # [C, V]
         lp = z.sub_(torch.logsumexp(z, dim=1, keepdim=True))  # log p, in place
@@ -251,55 +247,15 @@ def _chunked_stats(h, w, y, opts):
     return out[0], out[1], out[2]
 
 
-class _GradGemms:
-    """dH = dz W and dW += dz^T h for one chunk, in the compute dtype or, with `grad_dtype` (bf16 / fp16
-    inputs on a CPU with units for them), on operands rounded to it: dz is rounded once per chunk, W and h
-    once per call. The logits GEMM stays in the compute dtype -- a CPU GEMM returns its inputs' dtype, and
-    bf16 logits (8 mantissa bits: +-0.06 at |z| ~ 20) would move every log-prob -- while the gradients
-    end in the input dtype anyway; dW is accumulated over chunks in the compute dtype. `inputs`: the op's
-    own (h, w) before their upcast, used as the low-precision operands when already in `grad_dtype`
-    instead of rounding the upcast copies back."""
-
-    def __init__(self, h, w, grad_dtype, inputs=(None, None)):
-        self.dt = grad_dtype if grad_dtype is not None and grad_dtype != h.dtype else None
-
-        def low(x, given):
-            if self.dt is None:
-                return x
-            return given if given is not None and given.dtype == self.dt else x.to(self.dt)
-
-        self.h, self.w = low(h, inputs[0]), low(w, inputs[1])
-        self.h32, self.w32, self.cdt = h, w, h.dtype  # the compute-dtype operands of the logits GEMM
-        self.operand_dtype = self.dt or h.dtype
-
-    def logits(self, rows: slice, out):
-        return torch.mm(self.h32[rows], self.w32.T, out=out)  # [C, d] @ [d, V] -> [C, V]
-
-    def dh(self, dz, out):
-        if self.dt is None:
-            torch.mm(dz, self.w, out=out)  # [C, V] @ [V, d] -> [C, d]
-        else:
-            out.copy_(torch.mm(dz, self.w))
-
-    def dw(self, dz, rows, acc):
-        if self.dt is None:
-            acc.addmm_(dz.T, self.h[rows])  # [V, C] @ [C, d] -> [V, d]
-        else:
-            acc.add_(torch.mm(dz.T, self.h[rows]))
-
-    def operand(self, dz):
-        return dz if self.dt is None else dz.to(self.dt)
-
-
 def _chunked_backward(h, w, y, g, lse, need_dh: bool, need_dw: bool, opts, inputs=(None, None)):
     """g [M] = dL/dlogp -> dH [M, d] (or None), dW [V, d] (or None), in the compute dtype; `inputs` as
-    for `_GradGemms`."""
+    for `GradGemms`."""
     m = h.shape[0]
     dh = torch.empty_like(h) if need_dh else None
     dw = torch.zeros_like(w) if need_dw else None
-    gemms = _GradGemms(h, w, opts.grad_dtype, inputs)
+    gemms = GradGemms(h, w, opts.grad_dtype, inputs)
     c = _chunk_size(opts, w.shape[0])
-    buf = _chunk_buffer(h, w, c)
+    buf = chunk_buffer(h, w, c)
     for s in range(0, m, c):
         hc, yc, gc = h[s : s + c], y[s : s + c], g[s : s + c]
         z = _chunk_logits(hc, w, opts.softcap, buf)
@@ -402,7 +358,7 @@ def token_logprobs(
 
     Entries where `mask` is False (default: all True) are exactly 0 and cost no LM-head compute.
     Differentiable w.r.t. `hidden` and `weight`. `grad_dtype` (chunked): the backward GEMMs' operand
-    dtype, e.g. bf16 for bf16 inputs on a CPU with bf16 units (`_GradGemms`); None: the compute dtype.
+    dtype, e.g. bf16 for bf16 inputs on a CPU with bf16 units (`GradGemms`); None: the compute dtype.
     """
     if mask is None and isinstance(targets, torch.Tensor):
         mask = torch.ones(targets.shape, dtype=torch.bool, device=targets.device)

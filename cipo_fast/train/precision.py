@@ -14,7 +14,7 @@ Under autocast the matmuls (decoder and LM head) run in bf16; what stays fp32: t
 AdamW state, RMSNorm (the model upcasts it), the log-softmax statistics and every log-prob sum (the fused
 op accumulates in fp32), the losses. On the CPU the LM head's logits GEMM is fp32 on the bf16-rounded
 inputs (a CPU GEMM returns its operands' dtype, and bf16 logits would move every log-prob by up to ~0.06)
-and its dH / dW GEMMs are bf16 (`ops.logprobs._GradGemms`). CiPO samples its rounds under the policy's
+and its dH / dW GEMMs are bf16 (`ops.head_gemms.GradGemms`). CiPO samples its rounds under the policy's
 autocast (`GenConfig.autocast`); `cipo-fast eval` decodes in the model's dtype. The reference log-probs are computed under the same autocast as the
 policy (a DPO margin is a difference of the two: mixing precisions would bias it by their rounding), and
 the autocast dtype is part of the reference cache's namespace (`precision_tag`).
