@@ -26,11 +26,7 @@ segments of T tokens, 9 heads, 3 KV heads, d 64, forward + backward), bf16 / fp3
 T = 256: 1.29, T = 512: 0.75, T = 1024: 0.80.
 
 Outside packed training calls (generation with a KV cache), `cipo_varlen` is plain SDPA with the mask
-transformers builds -- except a decode step on the CPU (one query per row): there PyTorch's CPU flash
-kernel, built for long query blocks, spends ~2.5 ms per layer on ~30 MFLOP (128 rows, 9 heads over ~100
-cached positions; `bench/decode_profile.py`, AMD EPYC), so the step is two batched matmuls with the
-heads of one KV group as the rows of one product (`_decode_attention`: grouped-query attention without
-copying K / V per head; 1.9 vs 5.9 ms at that shape, same outputs to 6e-7).
+transformers builds.
 """
 
 from __future__ import annotations
@@ -46,8 +42,6 @@ VARLEN_ATTN = "cipo_varlen"
 PADDED_MIN_TOKENS = 1024
 # under CPU bf16 autocast, shorter segments attend in fp32 (module docstring)
 BF16_MIN_TOKENS = 384
-# a decode step on the CPU runs `_decode_attention` instead of SDPA (module docstring)
-DECODE_MATMUL = True
 
 
 def _sdpa(q, k, v, **kw):
@@ -58,32 +52,11 @@ def _sdpa(q, k, v, **kw):
     return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
-def _decode_attention(query, key, value, attention_mask, scaling=None):
-    """One query per row over the cache: query [B, H, 1, D], key / value [B, Hkv, L, D], the mask [B, 1, 1, L]
-    (bool, True = attend, or additive) -> [B, 1, H, D]. Query head j * G + i reads KV head j (as `repeat_kv`)."""
-    b, h, _, d = query.shape
-    hkv = key.shape[1]
-    q = query.reshape(b, hkv, h // hkv, d)  # the G heads of one KV head as the rows of one product
-    scores = torch.matmul(q, key.transpose(-1, -2)) * (d**-0.5 if scaling is None else scaling)
-    mask = attention_mask[:, :, -1:, : key.shape[2]]
-    if mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    else:
-        scores = scores + mask
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    return torch.matmul(probs, value).reshape(b, 1, h, d)
-
-
 def _varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Causal SDPA per packed sequence. query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D]."""
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None or query.shape[2] != key.shape[2]:
-        # not a packed training call (e.g. generation with a KV cache): plain SDPA with the given mask, or
-        # on the CPU a decode step's grouped matmuls (module docstring)
-        decode = DECODE_MATMUL and query.shape[2] == 1 and attention_mask is not None
-        decode = decode and query.device.type == "cpu"
-        if decode and not module.training and key.shape[1] and query.shape[1] % key.shape[1] == 0:
-            return _decode_attention(query, key, value, attention_mask, scaling), None
+        # not a packed training call (e.g. generation with a KV cache): plain SDPA with the given mask
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
