@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from common import OUT, ModelShape, gemm_rate, machine, publish, resolve_model
-from generation import prompts
+from generation import padded_prompts
 
 GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")
 CATEGORIES = (
@@ -74,13 +74,8 @@ def run(a: argparse.Namespace) -> dict:
     path = resolve_model(a.model, work)
     model, tok = load_model(str(path), ModelOptions())
     model.eval()
-    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in prompts(tok, a.batch)]
-    width = max(map(len, enc))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.full((a.batch, width), pad, dtype=torch.long)
-    mask = torch.zeros((a.batch, width), dtype=torch.long)
-    for k, e in enumerate(enc):
-        ids[k, width - len(e) :], mask[k, width - len(e) :] = torch.tensor(e), 1
+    ids, mask, pad = padded_prompts(tok, a.batch)
+    width = ids.shape[1]
 
     forward, pick, calls = model.forward, generation.pick_tokens, [0]
 

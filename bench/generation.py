@@ -48,6 +48,15 @@ def prompts(tok, n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
+def padded_prompts(tok, n: int):
+    """(ids, mask, pad id) of `n` demo prompts, left-padded as `generate_many` pads them."""
+    from cipo_fast.model.generation import left_pad
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in prompts(tok, n)]
+    return *left_pad(enc, pad), pad
+
+
 def read_bandwidth_gb_s(nbytes: int = 2**30, repeats: int = 5) -> float:
     import torch
 
@@ -83,14 +92,8 @@ def run(a: argparse.Namespace) -> dict:
     path = resolve_model(a.model, work)
     model, tok = load_model(str(path), ModelOptions())
     model.eval()
-    texts = prompts(tok, a.batch)
-    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(map(len, enc))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.full((a.batch, width), pad, dtype=torch.long)
-    mask = torch.zeros((a.batch, width), dtype=torch.long)
-    for k, e in enumerate(enc):
-        ids[k, width - len(e) :], mask[k, width - len(e) :] = torch.tensor(e), 1
+    ids, mask, pad = padded_prompts(tok, a.batch)
+    width = ids.shape[1]
     greedy = torch.zeros(a.batch)
 
     def ours(dtype, share=True):

@@ -64,17 +64,12 @@ def test_shared_prefill_gives_the_same_tokens_with_fewer_prompt_tokens(tiny_mode
     """Rows with the same prompt are prefilled once (`decode(share_prefill=True)`): the prefill forward sees
     one row per distinct prompt, and greedy and sampled tokens (same generator seed) equal those of the
     unshared decode, in float64 where the two batch shapes cannot round differently."""
-    from cipo_fast.model.generation import decode
+    from cipo_fast.model.generation import decode, left_pad
 
     model, tok = load_model(str(tiny_model_dir), ModelOptions())
     model = model.double()
     prompts = ["The sky is", "Once upon a time there was", "The sky is", "2 + 2 =", "The sky is"]
-    enc = [tok(p)["input_ids"] for p in prompts]
-    w = max(map(len, enc))
-    ids = torch.full((len(enc), w), tok.eos_token_id)
-    mask = torch.zeros((len(enc), w), dtype=torch.long)
-    for k, e in enumerate(enc):
-        ids[k, w - len(e) :], mask[k, w - len(e) :] = torch.tensor(e), 1
+    ids, mask = left_pad([tok(p)["input_ids"] for p in prompts], tok.eos_token_id)
     temps = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0])
     prefill_rows = []
     hook = model.register_forward_pre_hook(

@@ -292,13 +292,7 @@ def _decode_batches(model, tokenizer, rows, batches, cfg, salt, split, progress,
     for b, idx in enumerate(tqdm(batches, desc=progress, disable=progress is None, leave=False)):
         if split is not None and b % split.size != split.rank:
             continue
-        width = max(len(rows[r][4]) for r in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for k, r in enumerate(idx):  # left padding
-            enc = rows[r][4]
-            ids[k, width - len(enc) :] = torch.tensor(enc)
-            mask[k, width - len(enc) :] = 1
+        ids, mask = left_pad([rows[r][4] for r in idx], pad)
         temps = torch.tensor([rows[r][3] for r in idx], dtype=torch.float32, device=device)
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + salt + b)
         if processor is not None:
@@ -316,6 +310,16 @@ def _decode_batches(model, tokenizer, rows, batches, cfg, salt, split, progress,
         ).cpu()
         for k, r in enumerate(idx):
             texts[r] = rows[r][2] + tokenizer.decode(new[k], skip_special_tokens=True)
+
+
+def left_pad(encodings: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids, attention mask) `[B, longest]`, left-padded with `pad_id` as `decode` takes them."""
+    width = max(map(len, encodings))
+    ids = torch.full((len(encodings), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encodings), width), dtype=torch.long)
+    for k, enc in enumerate(encodings):
+        ids[k, width - len(enc) :], mask[k, width - len(enc) :] = torch.tensor(enc), 1
+    return ids, mask
 
 
 def _same_rows_on_every_rank(split: BatchSplit, rows: list) -> None:
