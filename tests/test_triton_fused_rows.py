@@ -138,11 +138,13 @@ def test_fused_op_on_triton_rows_with_fp16_gradient_operands():
         assert 0 < err < 4e-3, err  # rounded (not exact), but only by fp16's precision
 
 
+@pytest.mark.parametrize("into_fp32", [False] + ([True] if DEVICE == "cuda" else []))
 @pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else []))
-def test_fused_op_with_16bit_inputs(dtype):
+def test_fused_op_with_16bit_inputs(dtype, into_fp32, monkeypatch):
     """16-bit hidden states and head: on a GPU the GEMMs take the 16-bit operands with fp32 outputs
-    (`head_gemms.MixedGemms`, asserted to be the path taken there); the loss and gradients are those of the fp32
-    textbook path on the same rounded inputs, within the operands' precision."""
+    (`head_gemms.MixedGemms`, asserted to be the path taken there), dW added into its fp32 accumulator in
+    place (`into_fp32`) or through a temporary; the loss and gradients are those of the fp32 textbook path
+    on the same rounded inputs, within the operands' precision."""
     from cipo_fast.ops import head_gemms
 
     vocab, d = 300, 16
@@ -151,6 +153,11 @@ def test_fused_op_with_16bit_inputs(dtype):
     h, w = h.to(dtype), w.to(dtype)
     if DEVICE == "cuda":
         assert head_gemms.MixedGemms.applies(h, w), "torch lacks mm(..., out_dtype=float32) on this GPU"
+        if into_fp32 and not head_gemms.has_addmm_into_fp32(h.device):
+            pytest.skip(
+                "this torch's addmm.dtype_out cannot add into an fp32 accumulator; the fallback is tested"
+            )
+        monkeypatch.setitem(head_gemms._ADDMM_FP32, str(h.device), into_fp32)
     got = run(mb, "triton", h, w, ref, 1 << 20)
     full = run(mb, None, h.float(), w.float(), ref, 1 << 20)
     torch.testing.assert_close(got[0].float(), full[0], rtol=1e-4, atol=1e-4)  # logits: fp32 accumulation

@@ -83,13 +83,17 @@ class MixedGemms:
         torch.ops.aten.mm.dtype_out(dz, self.w, torch.float32, out=out)  # [C, V] @ [V, d]
 
     def dw(self, dz, rows, acc):
-        acc.add_(torch.ops.aten.mm.dtype(dz.T, self.h[rows], torch.float32))  # [V, C] @ [C, d]
+        if has_addmm_into_fp32(acc.device):  # dW += dz^T h straight into the fp32 accumulator
+            torch.ops.aten.addmm.dtype_out(acc, dz.T, self.h[rows], torch.float32, beta=1, alpha=1, out=acc)
+        else:  # a [V, d] fp32 temporary per chunk (0.9 GB at V = 152k, d = 1536)
+            acc.add_(torch.ops.aten.mm.dtype(dz.T, self.h[rows], torch.float32))  # [V, C] @ [C, d]
 
     def operand(self, dz):
         return dz.to(self.operand_dtype)
 
 
 _DTYPE_OUT: dict[str, bool] = {}
+_ADDMM_FP32: dict[str, bool] = {}
 
 
 def has_dtype_out(device) -> bool:
@@ -102,3 +106,24 @@ def has_dtype_out(device) -> bool:
         except (RuntimeError, NotImplementedError, AttributeError):
             _DTYPE_OUT[key] = False
     return _DTYPE_OUT[key]
+
+
+def has_addmm_into_fp32(device) -> bool:
+    """Whether `addmm.dtype_out` adds a 16-bit product into an fp32 `self` in place (`out=self`) on `device`.
+    Torch versions differ (some require `self` in the inputs' dtype), so it is tried once on a small case
+    with an exact answer, and any error or wrong value means no."""
+    key = str(device)
+    if key not in _ADDMM_FP32:
+        ok = False
+        if has_dtype_out(device):
+            a = torch.arange(6, dtype=torch.float32, device=device).reshape(3, 2)
+            acc = torch.full((2, 2), 0.5, device=device)
+            want = acc + a.T @ a  # small integers + 0.5: exact in bf16 inputs and fp32 outputs
+            try:
+                b = a.to(torch.bfloat16)
+                torch.ops.aten.addmm.dtype_out(acc, b.T, b, torch.float32, beta=1, alpha=1, out=acc)
+                ok = acc.dtype == torch.float32 and bool(torch.equal(acc, want))
+            except (RuntimeError, NotImplementedError, AttributeError, TypeError):
+                ok = False
+        _ADDMM_FP32[key] = ok
+    return _ADDMM_FP32[key]
