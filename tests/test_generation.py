@@ -86,3 +86,62 @@ def test_shared_prefill_gives_the_same_tokens_with_fewer_prompt_tokens(tiny_mode
     assert [s[0] for s in prefill_rows] == [3, 5]  # 3 distinct prompts, then all 5 rows
     assert torch.equal(out[True], out[False])
     assert torch.equal(out[True][0], out[True][4])  # the same prompt greedy: the same tokens
+
+
+def test_ended_rows_leave_the_batch_and_the_tokens_stay_the_same(tiny_model_dir):
+    """`decode(compact=True)`: once a quarter of the rows have met EOS they leave the batch (the decode
+    steps' batch shrinks), and every row's greedy and sampled tokens equal the full-batch decode's, in
+    float64; a processor without `select` keeps the full batch. The random tiny model never says EOS by
+    itself, so a hook on its LM head makes EOS the pick wherever a row's hidden state is high in one
+    coordinate: a property of the row's own history, so rows end at different steps whatever the batch."""
+    from cipo_fast.model.generation import decode, left_pad
+
+    model, tok = load_model(str(tiny_model_dir), ModelOptions())
+    model = model.double()
+    eos, steps = tok.eos_token_id, 24
+    prompts = ["The sky is", "Once upon a time", "2 + 2 =", "A cat", "The sky is", "Hello", "Why", "In 1990"]
+    ids, mask = left_pad([tok(p)["input_ids"] for p in prompts], eos)
+    temps = torch.tensor([0.0, 1.0, 0.0, 0.7, 1.0, 0.0, 1.0, 1.0])
+    seen, cut = [], [float("inf")]
+
+    def say_eos(module, args, out):
+        h = args[0][:, -1, 0]
+        seen.append(h)
+        out[:, -1, eos] += 1e4 * (h > cut[0])
+        return out
+
+    head = model.get_output_embeddings().register_forward_hook(say_eos)
+    decode(model, ids, mask, temps, steps, -1, eos, torch.Generator().manual_seed(3))
+    cut[0] = torch.cat(seen).quantile(0.9).item()  # ~1 step in 10 says EOS
+    free = decode(model, ids, mask, temps, steps, -1, eos, torch.Generator().manual_seed(3))
+    ends = [next((t for t, x in enumerate(row.tolist()) if x == eos), steps) for row in free]
+    assert len(set(ends)) > 3, ends
+
+    def run(compact, processor=None):
+        rows = []
+        hook = model.register_forward_pre_hook(
+            lambda m, a, kw: rows.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] == 1 else None,
+            with_kwargs=True,
+        )
+        g = torch.Generator().manual_seed(3)
+        out = decode(model, ids, mask, temps, steps, eos, eos, g, processor, compact=compact)
+        hook.remove()
+        return out, rows
+
+    full, full_rows = run(False)
+    small, small_rows = run(True)
+    assert torch.equal(small, full)
+    assert set(full_rows) == {len(prompts)}
+    assert small_rows[-1] < len(prompts) and sorted(small_rows, reverse=True) == small_rows
+    assert sum(small_rows) < sum(full_rows)
+    for k, end in enumerate(ends):  # up to its EOS a row is the free-running one, then padding
+        assert torch.equal(full[k, : end + 1], free[k, : min(end + 1, full.shape[1])])
+        assert bool((full[k, end + 1 :] == eos).all())
+
+    class Passthrough:
+        def __call__(self, logits, step, last_tokens):
+            return logits
+
+    kept, kept_rows = run(True, Passthrough())
+    head.remove()
+    assert torch.equal(kept, full) and set(kept_rows) == {len(prompts)}

@@ -12,8 +12,9 @@ assistant turn:
 
 Samples of all requested strategies are rows of the same left-padded batches (`generate_many`; each row
 has its prefill and temperature), sorted by length and decoded by `decode`: a preallocated KV cache,
-last-position logits only, and inverse-CDF sampling. Each batch draws from its own generator seeded from
-(seed, strategies, batch index), so the same call gives the same text and the global RNG is not touched.
+last-position logits only, inverse-CDF sampling, and rows that have ended dropped from the batch. Each
+batch draws from its own generator seeded from (seed, strategies, batch index), so the same call gives
+the same text and the global RNG is not touched.
 Returned texts include the prefill, so `ReasoningFormat.split` sees the whole think block.
 
 Under a process group (`cipo_fast.train.distributed.generating`) the batches are dealt out to the ranks
@@ -100,17 +101,24 @@ class GenConfig:
     autocast: torch.dtype | None = None  # decode under this autocast (a run's training precision), or none
 
 
-def pick_tokens(logits: torch.Tensor, temperatures: torch.Tensor, generator=None) -> torch.Tensor:
+def pick_tokens(
+    logits: torch.Tensor, temperatures: torch.Tensor, generator=None, uniforms: torch.Tensor | None = None
+) -> torch.Tensor:
     """Next token per row: the argmax where the row's temperature is 0, else a sample of
     softmax(logits / T) drawn by inverse CDF (one uniform per row: a cumulative sum and a binary search,
-    where `torch.multinomial` draws an exponential per vocabulary entry: ~3x the step's LM head here)."""
+    where `torch.multinomial` draws an exponential per vocabulary entry: ~3x the step's LM head here).
+    The uniforms are drawn from `generator`, one per sampled row in row order, unless `uniforms` `[B, 1]`
+    gives each row's."""
     out = logits.argmax(-1)
     hot = temperatures > 0
     if bool(hot.any()):
         rows = hot.nonzero().squeeze(1)
         probs = torch.softmax(logits[rows].float() / temperatures[rows, None], dim=-1)
         cdf = probs.cumsum(-1)
-        u = torch.rand((rows.numel(), 1), generator=generator, device=logits.device) * cdf[:, -1:]
+        if uniforms is None:
+            uniforms = torch.zeros((logits.shape[0], 1), device=logits.device)
+            uniforms[rows] = torch.rand((rows.numel(), 1), generator=generator, device=logits.device)
+        u = uniforms[rows] * cdf[:, -1:]
         picked = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(logits.shape[-1] - 1)
         out[rows] = picked
     return out
@@ -140,6 +148,7 @@ def decode(
     generator=None,
     processor: LogitsProcessor | None = None,
     share_prefill: bool = True,
+    compact: bool = True,
 ) -> torch.Tensor:
     """New tokens `[B, <= max_new_tokens]` for left-padded prompts `ids`/`mask` `[B, W]`, each row at its
     own temperature; rows after their EOS hold `pad_id`; stops when every row has ended. `processor`
@@ -150,7 +159,14 @@ def decode(
     position's logits are computed. With `share_prefill`, rows with the same prompt (the samples of one
     question, strategies without a prefill of their own) are prefilled once and their cache rows copied
     (`Cache.reorder_cache`, transformers' beam-search reordering), so a batch of k samples per prompt
-    runs 1/k of the prompt tokens through the model."""
+    runs 1/k of the prompt tokens through the model.
+
+    Rows that have ended leave the batch (`compact`): once a quarter of the rows still decoding have met
+    their EOS, the others' cache rows, masks and positions are selected (`Cache.reorder_cache` again) and
+    later steps run on them only -- a batch mixes ZeroThink answers of ~50 tokens with traces of ~600,
+    and a CPU step costs in proportion to its rows. Each step still draws one uniform per sampled row of
+    the whole batch, so the tokens are those of the full-batch decode. A `processor` keeps its rows (it
+    is keyed by row) unless it has `select(keep)` to follow the selection."""
     from transformers import StaticCache
 
     # transformers >= 5.23 renames `past_key_values` to `cache` (FutureWarning); older 5.x only know the
@@ -187,16 +203,36 @@ def decode(
             logits = logits.index_select(0, rows)
         nxt_pos = pos[:, -1:] + 1
         done = torch.zeros(b, dtype=torch.bool, device=device)
-        new = []
+        out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        alive = torch.arange(b, device=device)  # the batch row each row still decoding is
+        hot = temperatures > 0
+        draw = (hot.cumsum(0) - 1).clamp_min(0)  # each row's place among the step's uniforms
+        n_hot = int(hot.sum())
+        select = None if processor is None else getattr(processor, "select", None)
+        compact = compact and (processor is None or select is not None)
+        last = None
+        steps = 0
         for t in range(max_new_tokens):
             if processor is not None:
-                logits = processor(logits, t, new[-1] if new else None)
-            tok = pick_tokens(logits, temperatures, generator)
+                logits = processor(logits, t, last)
+            uniforms = None
+            if n_hot:  # the full batch's draws, whichever rows are left
+                uniforms = torch.rand((n_hot, 1), generator=generator, device=device)[draw[alive]]
+            tok = pick_tokens(logits, temperatures[alive], uniforms=uniforms)
             tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-            new.append(tok)
+            out[alive, t] = last = tok
+            steps = t + 1
             done |= tok == eos_id
             if bool(done.all()) or t == max_new_tokens - 1:
                 break
+            ended = int(done.sum())
+            if compact and ended and 4 * ended >= done.numel():
+                keep = (~done).nonzero().squeeze(1)
+                cache.reorder_cache(keep)
+                alive, done, tok, last = alive[keep], done[keep], tok[keep], last[keep]
+                full_mask, nxt_pos = full_mask[keep], nxt_pos[keep]
+                if select is not None:
+                    select(keep)
             full_mask[:, w + t] = 1
             logits = model(
                 input_ids=tok[:, None],
@@ -208,7 +244,7 @@ def decode(
                 logits_to_keep=1,
             ).logits[:, -1]
             nxt_pos = nxt_pos + 1
-        return torch.stack(new, 1) if new else torch.zeros(b, 0, dtype=torch.long, device=device)
+        return out[:, :steps]
 
 
 def generate(
