@@ -99,6 +99,7 @@ class GenConfig:
     batch_size: int = 128  # rows per batch (prompts x samples, all strategies); large batches amortize a step
     seed: int = 0
     autocast: torch.dtype | None = None  # decode under this autocast (a run's training precision), or none
+    compact: bool = True  # rows that have ended leave their batch (`decode(compact=...)`)
 
 
 def pick_tokens(
@@ -343,6 +344,7 @@ def _decode_batches(model, tokenizer, rows, batches, cfg, salt, split, progress,
             pad,
             gen,
             processor,
+            compact=cfg.compact,
         ).cpu()
         for k, r in enumerate(idx):
             texts[r] = rows[r][2] + tokenizer.decode(new[k], skip_special_tokens=True)

@@ -1,0 +1,160 @@
+"""An evaluation's generations on this CPU: ended rows dropped from their batch, or kept to the end.
+
+Question: how much of an evaluation's (or a CiPO round's) decoding is spent on rows that have already
+said EOS, and what does `decode(compact=True)` save? A batch of `cipo-fast eval` mixes strategies whose
+outputs differ ~10x in length (ZeroThink / LessThink answers of ~50 tokens beside thinking traces of
+~400), and every step of a CPU decode costs in proportion to its rows.
+
+Method: the forget items' prompts (the demo's synthetic set, or `--forget FILE` with `--task-ids`) under
+the evaluation's strategies (`--strategies`, `--samples`), exactly as `cipo-fast eval` generates them
+(`scoring.prompts_for`, `generate_many`, the demo's system prompt), at `--new` new tokens, once with
+ended rows kept and once with them dropped (`GenConfig.compact`), alternated `--repeats` times; the
+median wall time of each, the decode steps and the row-steps (rows summed over decode steps, counted by
+a hook on the model), and whether the two give the same texts (they must: the sampled rows draw the
+same uniforms either way).
+
+    python bench/eval_generation.py --model DIR     # a target that ends its traces (e.g. the demo's)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import OUT, REPO, machine, publish, resolve_model
+
+sys.path.insert(0, str(REPO))
+
+
+def forget_items(a: argparse.Namespace, work: Path):
+    from cipo_fast import synthetic
+    from cipo_fast.data.items import load_items
+
+    path = a.forget or synthetic.build(work, seed=0)["forget"]
+    return load_items(path, task_ids=a.task_ids, limit=a.limit)
+
+
+def run(a: argparse.Namespace) -> dict:
+    import torch
+
+    from cipo_fast.data.tokenize import TextFormat, Tokenizer
+    from cipo_fast.demo import SYSTEM_PROMPT
+    from cipo_fast.eval.scoring import prompts_for
+    from cipo_fast.model.generation import GenConfig, generate_many, make_strategies
+    from cipo_fast.model.loading import ModelOptions, load_model
+
+    work = Path(tempfile.mkdtemp(prefix="cipo-evalgen-"))
+    model, hf_tok = load_model(str(resolve_model(a.model, work)), ModelOptions())
+    tok = Tokenizer(hf_tok, TextFormat(system_prompt=SYSTEM_PROMPT))
+    items = forget_items(a, work)
+    prompts = prompts_for(items, tok)
+    jobs = [(prompts, st) for st in make_strategies(a.strategies, a.samples, tok.reasoning)]
+    counts = {"steps": 0, "row_steps": 0}
+
+    def count(module, args, kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] == 1:  # a decode step (the prefill has the prompts' width)
+            counts["steps"] += 1
+            counts["row_steps"] += ids.shape[0]
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
+    results = {True: [], False: []}
+    texts = {}
+    for rep in range(a.repeats):
+        for compact in (False, True) if rep % 2 == 0 else (True, False):
+            counts.update(steps=0, row_steps=0)
+            cfg = GenConfig(a.new, a.batch, seed=0, compact=compact)
+            t = time.perf_counter()
+            texts[compact] = generate_many(model, tok.tok, jobs, cfg, chat=tok.chat)
+            results[compact].append({"s": time.perf_counter() - t, **counts})
+    hook.remove()
+    new_tokens = [
+        len(hf_tok(o, add_special_tokens=False)["input_ids"])
+        for job in texts[True]
+        for outs in job
+        for o in outs
+    ]
+    rows = []
+    for compact, name in ((False, "ended rows kept"), (True, "ended rows dropped")):
+        runs = results[compact]
+        rows.append(
+            {
+                "system": name,
+                "median_s": statistics.median(r["s"] for r in runs),
+                "times_s": [r["s"] for r in runs],
+                "decode_steps": runs[-1]["steps"],
+                "row_steps": runs[-1]["row_steps"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return {
+        "model": a.model,
+        "forget": a.forget or "the demo's synthetic forget set",
+        "items": len(items),
+        "strategies": a.strategies,
+        "samples": a.samples,
+        "rows": len(new_tokens),
+        "batch": a.batch,
+        "new_tokens": a.new,
+        "threads": torch.get_num_threads(),
+        "generated_tokens": {"sum": sum(new_tokens), "median": statistics.median(new_tokens)},
+        "same_texts": texts[True] == texts[False],
+        "systems": rows,
+    }
+
+
+def table(r: dict, facts: dict) -> str:
+    kept, dropped = r["systems"]
+    lines = [
+        f"The evaluation's generations for {r['items']} forget items ({r['forget']}), strategies "
+        f"{', '.join(r['strategies'])} × {r['samples']} sample(s): {r['rows']} rows in batches of up to "
+        f"{r['batch']}, up to {r['new_tokens']} new tokens, model `{Path(r['model']).name}`; {facts['cores']} "
+        f"cores ({facts['cpu']}), torch {facts['torch']}. {r['generated_tokens']['sum']} tokens generated "
+        f"(median {r['generated_tokens']['median']:.0f} per row); the two give the same texts: "
+        f"{'yes' if r['same_texts'] else 'NO'}.",
+        "",
+        "| ended rows | s per call (median) | decode steps | row-steps | row-steps ÷ tokens generated | time ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in (kept, dropped):
+        lines.append(
+            f"| {row['system'].split()[-1]} | {row['median_s']:.1f} | {row['decode_steps']} | {row['row_steps']} | "
+            f"{row['row_steps'] / max(1, r['generated_tokens']['sum']):.2f} | "
+            f"{row['median_s'] / kept['median_s']:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from cipo_fast.model.generation import STRATEGY_NAMES
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2", help="smollm2 | an HF model directory")
+    ap.add_argument("--forget", default=None, help="forget items (default: the demo's synthetic set)")
+    ap.add_argument("--task-ids", type=int, nargs="+", default=None, help="R-TOFU folds of --forget")
+    ap.add_argument("--limit", type=int, default=None, help="first N items only")
+    ap.add_argument("--strategies", nargs="+", default=list(STRATEGY_NAMES), choices=list(STRATEGY_NAMES))
+    ap.add_argument("--samples", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--new", type=int, default=384, help="max new tokens")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not touch README.md")
+    a = ap.parse_args(argv)
+    facts = machine()
+    r = run(a)
+    if not r["same_texts"]:
+        print("the two decodes gave different texts", file=sys.stderr)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "eval_generation.json").write_text(json.dumps({"machine": facts, **r}, indent=2))
+    publish("bench-eval-generation", table(r, facts), a.readme)
+    return 0 if r["same_texts"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
