@@ -308,8 +308,9 @@ def test_decode_profile_smoke(tiny_model_dir, tmp_path):
 
 
 def test_eval_generation_smoke(tiny_model_dir, tmp_path):
-    """Both arms run the evaluation's jobs and give the same texts; dropping ended rows never adds
-    row-steps (the tiny random model rarely says EOS, so the two may be equal here)."""
+    """Every arm runs the evaluation's jobs and gives the same texts; dropping ended rows never adds
+    row-steps (the tiny random model rarely says EOS, so the two may be equal here); attending the filled
+    positions reads fewer keys than the whole allocation."""
     run_script(
         "eval_generation.py",
         *(
@@ -326,8 +327,9 @@ def test_eval_generation_smoke(tiny_model_dir, tmp_path):
         ),
     )
     r = json.loads((tmp_path / "eval_generation.json").read_text())
-    kept, dropped = r["systems"]
+    kept, dropped, filled = r["systems"]
     assert r["same_texts"] and r["rows"] == 3 * len(r["strategies"]) == 15
     # 15 rows: batches of 8 and 7, each up to 5 decode steps after the prefill; kept, every step has all rows
     assert kept["decode_steps"] <= 10 and 7 * kept["decode_steps"] <= kept["row_steps"] <= 75
     assert 0 < dropped["row_steps"] <= kept["row_steps"] and dropped["decode_steps"] == kept["decode_steps"]
+    assert filled["row_steps"] == dropped["row_steps"] and filled["keys_read"] < dropped["keys_read"]

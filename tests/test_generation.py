@@ -145,3 +145,38 @@ def test_ended_rows_leave_the_batch_and_the_tokens_stay_the_same(tiny_model_dir)
     kept, kept_rows = run(True, Passthrough())
     head.remove()
     assert torch.equal(kept, full) and set(kept_rows) == {len(prompts)}
+
+
+def test_attention_reads_only_the_filled_cache_positions_and_the_tokens_stay_the_same(
+    tiny_model_dir, monkeypatch
+):
+    """`decode(filled_only=True)`: each step's attention gets the keys of the positions written so far
+    (prompt width + steps decoded), not the whole preallocated cache, and the greedy and sampled tokens
+    equal those of transformers' `StaticCache` (every position attended, the unfilled ones masked), in
+    float64."""
+    from cipo_fast.model.generation import decode, left_pad
+
+    model, tok = load_model(str(tiny_model_dir), ModelOptions())
+    model = model.double()
+    prompts = ["The sky is", "Once upon a time there was", "2 + 2 =", "The sky is"]
+    ids, mask = left_pad([tok(p)["input_ids"] for p in prompts], tok.eos_token_id)
+    temps = torch.tensor([0.0, 1.0, 0.0, 0.7])
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    seen = []
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.shape[2], k.shape[2]))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    out, lengths, steps = {}, {}, 9
+    for filled in (True, False):
+        seen.clear()
+        g = torch.Generator().manual_seed(2)
+        out[filled] = decode(model, ids, mask, temps, steps, -1, tok.eos_token_id, g, filled_only=filled)
+        layers = model.config.num_hidden_layers
+        lengths[filled] = [k for _, k in seen[layers::layers]]  # one layer's key length per decode step
+    w = ids.shape[1]
+    assert lengths[True] == [w + t + 1 for t in range(steps - 1)]
+    assert set(lengths[False]) == {w + steps}
+    assert torch.equal(out[True], out[False])

@@ -100,6 +100,7 @@ class GenConfig:
     seed: int = 0
     autocast: torch.dtype | None = None  # decode under this autocast (a run's training precision), or none
     compact: bool = True  # rows that have ended leave their batch (`decode(compact=...)`)
+    filled_only: bool = True  # attention reads the cache's filled positions only (`decode(filled_only=...)`)
 
 
 def pick_tokens(
@@ -150,17 +151,19 @@ def decode(
     processor: LogitsProcessor | None = None,
     share_prefill: bool = True,
     compact: bool = True,
+    filled_only: bool = True,
 ) -> torch.Tensor:
     """New tokens `[B, <= max_new_tokens]` for left-padded prompts `ids`/`mask` `[B, W]`, each row at its
     own temperature; rows after their EOS hold `pad_id`; stops when every row has ended. `processor`
     (already `start`ed for these rows) edits each step's logits before the tokens are picked.
 
     The KV cache is allocated once for `W + max_new_tokens` positions (no per-step concatenation, which
-    costs as much as the LM head in transformers' growing cache at this size) and only the last
-    position's logits are computed. With `share_prefill`, rows with the same prompt (the samples of one
-    question, strategies without a prefill of their own) are prefilled once and their cache rows copied
-    (`Cache.reorder_cache`, transformers' beam-search reordering), so a batch of k samples per prompt
-    runs 1/k of the prompt tokens through the model.
+    costs as much as the LM head in transformers' growing cache at this size) and, with `filled_only`,
+    each step attends over the positions filled so far, not the whole allocation
+    (`decode_cache.filled_cache`); only the last position's logits are computed. With `share_prefill`,
+    rows with the same prompt (the samples of one question, strategies without a prefill of their own)
+    are prefilled once and their cache rows copied (`Cache.reorder_cache`, transformers' beam-search
+    reordering), so a batch of k samples per prompt runs 1/k of the prompt tokens through the model.
 
     Rows that have ended leave the batch (`compact`): once a quarter of the rows still decoding have met
     their EOS, the others' cache rows, masks and positions are selected (`Cache.reorder_cache` again) and
@@ -170,6 +173,8 @@ def decode(
     is keyed by row) unless it has `select(keep)` to follow the selection."""
     from transformers import StaticCache
 
+    from cipo_fast.model.decode_cache import filled_cache
+
     # transformers >= 5.23 renames `past_key_values` to `cache` (FutureWarning); older 5.x only know the
     # former, and an unknown keyword would be swallowed by **kwargs, i.e. decoding without the cache
     with warnings.catch_warnings():
@@ -178,7 +183,8 @@ def decode(
         )
         b, w = ids.shape
         device = ids.device
-        cache = StaticCache(config=model.config, max_cache_len=w + max_new_tokens)
+        make_cache = filled_cache if filled_only else StaticCache
+        cache = make_cache(config=model.config, max_cache_len=w + max_new_tokens)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         full_mask = torch.cat((mask, torch.zeros(b, max_new_tokens, dtype=mask.dtype, device=device)), 1)
         rows = None  # the prompt each row decodes from, when some rows share one
@@ -345,6 +351,7 @@ def _decode_batches(model, tokenizer, rows, batches, cfg, salt, split, progress,
             gen,
             processor,
             compact=cfg.compact,
+            filled_only=cfg.filled_only,
         ).cpu()
         for k, r in enumerate(idx):
             texts[r] = rows[r][2] + tokenizer.decode(new[k], skip_special_tokens=True)

@@ -1,0 +1,62 @@
+"""The KV cache of `generation.decode`: allocated once, attended over its filled positions only.
+
+transformers' `StaticCache` allocates `[B, H, max_len, D]` keys and values per layer up front, so a
+decoding step only writes its new position (a growing `DynamicCache` concatenates every step, which costs
+as much as the LM head at a 135M model's size). But each step then attends over all `max_len` positions,
+the unfilled ones masked out: with 768 new tokens, a step early in a trace reads ~10x the keys it has,
+and a CPU decode step's attention costs in proportion to the keys it reads.
+
+`filled_cache` is that `StaticCache` with each full-attention layer replaced by a `FilledLayer`: the same
+buffers and writes, but attention gets the filled prefix `[:, :, :filled]` (a view, no copy) and the
+mask is sized to it (`get_mask_sizes`). The softmax over the masked positions of the full buffer is
+exactly zero there, so the outputs are the same up to the order of float additions. Layers of other
+kinds (sliding windows) are left as `StaticCache` makes them.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+
+@cache
+def _layer_class():
+    from transformers.cache_utils import StaticLayer
+
+    class FilledLayer(StaticLayer):
+        """A `StaticLayer` whose `update` returns the positions written so far, not the whole buffer. Its
+        writes must be contiguous from position 0, as `decode`'s are (the prompt, then one per step)."""
+
+        def __init__(self, max_cache_len: int, **kwargs):
+            super().__init__(max_cache_len=max_cache_len, **kwargs)
+            self.filled = 0
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            self.filled += key_states.shape[-2]
+            return keys[:, :, : self.filled], values[:, :, : self.filled]
+
+        def get_mask_sizes(self, query, *args) -> tuple[int, int]:
+            # transformers 5.2x passes the query length; earlier 5.x releases the query's cache positions
+            length = query if isinstance(query, int) else int(query.shape[0])
+            return self.filled + length, 0
+
+        def reset(self) -> None:
+            super().reset()
+            self.filled = 0
+
+    return StaticLayer, FilledLayer
+
+
+def filled_cache(config, max_cache_len: int):
+    """A `StaticCache` for `max_cache_len` positions whose full-attention layers attend over their filled
+    positions only (`FilledLayer`)."""
+    from transformers import StaticCache
+
+    kv = StaticCache(config=config, max_cache_len=max_cache_len)
+    static, filled = _layer_class()
+    for i, layer in enumerate(getattr(kv, "layers", [])):
+        if type(layer) is static:
+            kv.layers[i] = filled(max_cache_len=layer.max_cache_len)
+    return kv
