@@ -259,3 +259,39 @@ def test_eval_with_guard_runs_reports_and_keeps_out_of_scope_outputs(tiny_model_
     assert run("none", cpu_autocast="bf16")[0]["decoding_precision"] == "bf16-autocast"
     with pytest.raises(ValueError, match="--guard"):
         EvalConfig(out="o", forget=str(forget), predictions="p.jsonl", guard="star")
+
+
+def test_guard_processor_follows_the_rows_that_decode_keeps(tiny):
+    """`GuardProcessor.select`: when `decode` drops ended rows, the rows that go on get the edits they
+    would have got in the full batch (bans of their own item's forbidden sequences, the penalty), so a
+    guarded decode may drop rows. The same tokens are fed to every row; the items' forbidden sequences
+    differ, so a processor that lost track of which row is which bans at the wrong steps."""
+    model, tok = tiny
+    vocab = model.config.vocab_size
+    script = tok(" was born in Velmsby, Denmark, a town", add_special_tokens=False)["input_ids"]
+    forbidden = {0: [tuple(script[3:5])], 1: [tuple(script[1:3]), tuple(script[5:7])]}
+    prompts = [FORGET[0].question, FORGET[1].question, OUT_OF_SCOPE]
+    rows = [0, 1, 0, 2, 1]  # prompt index of each batch row
+    keep = torch.tensor([0, 2, 3, 4])  # batch row 1 ends at the cut
+
+    def run(cut):
+        guard = UnlearningGuard(FORGET, model, tok, GUARDS["guard"], WORD_OVERLAP, forbidden=forbidden)
+        processor = guard.processor(prompts)
+        processor.start(rows, [""] * len(rows))
+        alive, last, outs = torch.arange(len(rows)), None, []
+        for step in range(len(script)):
+            if step == cut:
+                processor.select(keep)
+                alive, last = alive[keep], last[keep]
+            out = processor(torch.zeros(len(alive), vocab), step, last)
+            outs.append({int(r): out[j].clone() for j, r in enumerate(alive)})
+            last = torch.full((len(alive),), script[step])
+        return outs
+
+    full, dropped = run(cut=None), run(cut=2)
+    edited = 0
+    for a, b in zip(full, dropped):
+        for r, row in b.items():
+            assert torch.equal(row, a[r]), r
+            edited += int(torch.isinf(row).any())
+    assert edited >= 2  # bans after the cut, on the kept rows

@@ -11,10 +11,10 @@ assistant turn:
                   "<think>\\nOkay, the user asked this, I can answer it without thinking much.\\n</think>\\n\\n"
 
 Samples of all requested strategies are rows of the same left-padded batches (`generate_many`; each row
-has its prefill and temperature), sorted by length and decoded by `decode`: a preallocated KV cache,
-last-position logits only, inverse-CDF sampling, and rows that have ended dropped from the batch. Each
-batch draws from its own generator seeded from (seed, strategies, batch index), so the same call gives
-the same text and the global RNG is not touched.
+has its prefill and temperature), sorted by length and decoded by `decode`: a preallocated KV cache whose
+filled positions alone are attended, last-position logits only, inverse-CDF sampling, and rows that
+have ended dropped from the batch. Each batch draws from its own generator seeded from (seed,
+strategies, batch index), so the same call gives the same text and the global RNG is not touched.
 Returned texts include the prefill, so `ReasoningFormat.split` sees the whole think block.
 
 Under a process group (`cipo_fast.train.distributed.generating`) the batches are dealt out to the ranks

@@ -265,7 +265,8 @@ class UnlearningGuard:
 
 class GuardProcessor:
     """The per-row state of one guarded `generate_many` call (`generation.LogitsProcessor`): `start`
-    binds a batch's rows to their prompts, `__call__` edits the in-scope rows' logits in place."""
+    binds a batch's rows to their prompts, `__call__` edits the in-scope rows' logits in place, `select`
+    follows `decode` when it drops the rows that have ended."""
 
     def __init__(self, guard: UnlearningGuard, targets: list[int | None]):
         self.guard = guard
@@ -287,6 +288,22 @@ class GuardProcessor:
         self.pen_rows = torch.tensor([k for k, _ in pen], dtype=torch.long)
         self.pen_cols = torch.tensor([t for _, t in pen], dtype=torch.long)
         g.seconds += time.perf_counter() - t0
+
+    def select(self, keep: torch.Tensor) -> None:
+        """`decode` drops ended rows: the batch's rows `keep` go on as rows 0 .. len(keep) - 1."""
+        new = {old: j for j, old in enumerate(keep.tolist())}
+        self.rows = [new[k] for k in self.rows if k in new]
+        for name in ("row_target", "tokens", "monitoring", "step_start", "queue"):
+            setattr(self, name, {new[k]: v for k, v in getattr(self, name).items() if k in new})
+        self.live = {new[k] for k in self.live if k in new}
+        if self.pen_rows.numel():
+            lut = torch.full((int(self.pen_rows.max()) + 1,), -1, dtype=torch.long)
+            for old, j in new.items():
+                if old < lut.numel():
+                    lut[old] = j
+            rows = lut[self.pen_rows.cpu()]
+            kept = rows >= 0
+            self.pen_rows, self.pen_cols = rows[kept], self.pen_cols.cpu()[kept]
 
     def __call__(self, logits: torch.Tensor, step: int, last_tokens: torch.Tensor | None) -> torch.Tensor:
         """`logits` `[B, V]` of decoding step `step`; `last_tokens` `[B]` what step - 1 picked (None at 0)."""
