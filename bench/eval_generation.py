@@ -159,12 +159,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not touch README.md")
+    ap.add_argument("--marker", default="bench-eval-generation", help="README marker of the table")
     a = ap.parse_args(argv)
     facts = machine()
     r = run(a)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "eval_generation.json").write_text(json.dumps({"machine": facts, **r}, indent=2))
-    publish("bench-eval-generation", table(r, facts), a.readme)
+    publish(a.marker, table(r, facts), a.readme)
     return 0
 
 

@@ -95,6 +95,13 @@ def parse(argv=None) -> argparse.Namespace:
         "target's 40 greedy traces never closed their think block (no answer to score)",
     )
     p.add_argument("--eval-samples", type=int, default=1)
+    p.add_argument(
+        "--cpu-autocast",
+        default="off",
+        choices=("auto", "bf16", "off"),
+        help="precision of every stage on the CPU (cipo-fast demo --cpu-autocast): bf16 autocast, auto = "
+        "when the CPU has bf16 units, off = fp32; the target is another cached target in bf16",
+    )
     p.add_argument("--record", type=Path, default=RECORD, help="compare record file ('' for none)")
     p.add_argument("--smoke", action="store_true", help="a few items, one round, 8 new tokens")
     p.add_argument(
@@ -120,6 +127,7 @@ def demo_config(a: argparse.Namespace):
         rounds=1 if a.smoke else a.rounds,
         lr=a.lr,
         eval_samples=a.eval_samples,
+        cpu_autocast=a.cpu_autocast,
         max_new_tokens=8 if a.smoke else a.max_new_tokens,
         batch_size=2 if a.smoke else 8,
         max_pairs_per_item=2 if a.smoke else 6,
@@ -252,6 +260,7 @@ def main(argv=None) -> dict:
         "target": before,
         "target_memorises": memorised,
         "sft": {"epochs": a.sft_epochs, "lr": a.sft_lr},
+        "cpu_autocast": a.cpu_autocast,
     }
     if a.target_only:
         out.update(wall_s=round(time.perf_counter() - t0, 1), stages_s=result["timings_s"])

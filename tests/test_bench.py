@@ -333,3 +333,17 @@ def test_eval_generation_smoke(tiny_model_dir, tmp_path):
     assert kept["decode_steps"] <= 10 and 7 * kept["decode_steps"] <= kept["row_steps"] <= 75
     assert 0 < dropped["row_steps"] <= kept["row_steps"] and dropped["decode_steps"] == kept["decode_steps"]
     assert filled["row_steps"] == dropped["row_steps"] and filled["keys_read"] < dropped["keys_read"]
+
+
+def test_eval_sets_smoke(tiny_model_dir, tmp_path):
+    """Both arms generate the demo's sets; one call for all sets fills fewer batches than a call per set
+    (3 sets of a few rows each: one batch against three)."""
+    run_script(
+        "eval_sets.py",
+        *("--model", str(tiny_model_dir), "--limit", "2", "--new", "4", "--out", str(tmp_path)),
+    )
+    r = json.loads((tmp_path / "eval_sets.json").read_text())
+    one, per_set = r["systems"]
+    assert r["sets"] == {"forget": 2, "retain": 2, "utility": 2}
+    assert (one["batches"], per_set["batches"]) == (1, 3)
+    assert one["row_steps"] > 0 and per_set["row_steps"] > 0

@@ -229,3 +229,10 @@ def test_target_only_stops_before_unlearning(tiny_model_dir, tmp_path, monkeypat
         saved["target"]["greedy_leak_cot"] >= 0.8 and saved["target"]["greedy_leak_answer"] >= 0.8
     )
     assert set(saved["stages_s"]) == {"data", "target model", "evaluate target"}
+
+
+def test_precision_reaches_every_stage():
+    """--cpu-autocast is the demo's: the target's SFT, every method and every evaluation take it."""
+    bench = _bench()
+    assert bench.demo_config(bench.parse(["--cpu-autocast", "bf16"])).cpu_autocast == "bf16"
+    assert bench.demo_config(bench.parse([])).cpu_autocast == "off"

@@ -31,7 +31,7 @@ from cipo_fast.eval.judge import JudgeConfig, LeakJudge
 from cipo_fast.eval.metrics import aggregate
 from cipo_fast.eval.mia import membership_inference, privleak
 from cipo_fast.eval.rtofu import rtofu_summary
-from cipo_fast.eval.scoring import accuracy_set, sample_forget, summarize_forget
+from cipo_fast.eval.scoring import generate_sets, score_accuracy, score_forget, summarize_forget
 from cipo_fast.model.generation import STRATEGY_NAMES, GenConfig, make_strategies
 from cipo_fast.options import check_fields, opt
 from cipo_fast.train.precision import autocast_dtype, precision_tag
@@ -158,17 +158,16 @@ def evaluate_model(
     gen = GenConfig(cfg.max_new_tokens, cfg.batch_size, cfg.seed, autocast)
     embed = judge.embed if Embedder.available() else None  # the guard shares the judge's embeddings
     guard = build_guard(cfg.guard, sets["forget"], model, tok.tok, tok.reasoning, embed)
-    scored = sample_forget(model, tok, sets["forget"], strategies, gen, cfg.progress, judge, guard)
+    generated = [k for k in ("forget", *ACCURACY_SETS) if k in sets]  # not the holdout: MIA scores it
+    texts = generate_sets(model, tok, {k: sets[k] for k in generated}, strategies, gen, cfg.progress, guard)
+    scored = score_forget(sets["forget"], strategies, texts["forget"], tok.reasoning, judge)
     per_strategy, mcs, rows = summarize_forget(sets["forget"], scored, strategies)
     extra = {}
-    for key in ACCURACY_SETS:
-        if key in sets:
-            kind = "number" if key == "utility" else "facts"
-            metrics, set_rows = accuracy_set(
-                model, tok, sets[key], gen, kind, progress=key if cfg.progress else None, guard=guard
-            )
-            extra[key] = metrics
-            rows.extend({"set": key, **r} for r in set_rows)
+    for key in generated[1:]:
+        kind = "number" if key == "utility" else "facts"
+        (job,) = texts[key]
+        extra[key], set_rows = score_accuracy(sets[key], job, kind, tok.reasoning)
+        rows.extend({"set": key, **r} for r in set_rows)
     embedder = judge.embedder() if Embedder.available() else None
     add_cosine(sets["forget"], rows, tok.reasoning, embedder)
     summary = aggregate(per_strategy, mcs, extra)

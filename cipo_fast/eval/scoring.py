@@ -12,7 +12,8 @@ answer / gold CoT and step-wise  Definitions:
 * accuracy on retain-like sets (greedy): the fraction of an item's key facts found in the answer, averaged
   over items; on GSM8K-like sets: the answer's final number equals the gold.
 
-The CiPO loop calls `sample_forget` and `score_sample` directly: the same code decides what leaks during
+An evaluation generates its sets (`generate_sets`) and scores each (`score_forget`,
+`score_accuracy`); the CiPO loop calls `sample_forget` and `score_sample` directly: the same code decides what leaks during
 training and during evaluation.
 """
 
@@ -28,7 +29,7 @@ from cipo_fast.eval.judge import Leak, LeakJudge
 from cipo_fast.eval.key_facts import item_facts
 from cipo_fast.eval.leakage import find_leaks, stepwise_leakage
 from cipo_fast.eval.rouge import rouge_l_recall
-from cipo_fast.model.generation import GenConfig, Strategy, generate, generate_many, make_strategies
+from cipo_fast.model.generation import GenConfig, Strategy, generate_many, make_strategies
 
 
 @dataclass
@@ -125,21 +126,68 @@ def sample_forget(
 ) -> list[Scored]:
     """Generate every strategy's samples for every forget item and score them (used by eval and CiPO);
     `guard` (an `UnlearningGuard`) steers the generation."""
-    prompts = prompts_for(items, tok, guard)
+    texts = generate_sets(model, tok, {"forget": items}, strategies, gen, progress, guard)["forget"]
+    return score_forget(items, strategies, texts, tok.reasoning, judge)
+
+
+def generate_sets(
+    model,
+    tok,
+    sets: dict[str, list[Item]],
+    strategies: list[Strategy],
+    gen: GenConfig,
+    progress: bool = False,
+    guard=None,
+    one_call: bool = False,
+) -> dict[str, list[list[list[str]]]]:
+    """Every generation of an evaluation: each strategy's samples of `sets["forget"]` (when given) and
+    the greedy answers of every other set. `out[set][job][item]` is that item's texts, a job per strategy
+    for the forget set, one greedy job for each other set. Each set is a `generate_many` call of its own;
+    `one_call` makes them the jobs of one call instead, their rows sharing batches (not with a guard,
+    whose processor is keyed by one prompt list). That is not faster: on the demo's sets it took 1.15x
+    the time (`bench/eval_sets.py`), mixed batches carrying rows that ended long before the batch's
+    longest."""
+    greedy = make_strategies(["greedy"], 1, tok.reasoning)[0]
+    jobs = {
+        key: [(prompts_for(items, tok, guard), st) for st in (strategies if key == "forget" else [greedy])]
+        for key, items in sets.items()
+    }
+    if one_call and guard is None:
+        flat = [job for key_jobs in jobs.values() for job in key_jobs]
+        outs = iter(
+            generate_many(
+                model, tok.tok, flat, gen, chat=tok.chat, progress="generation" if progress else None
+            )
+        )
+        return {key: [next(outs) for _ in key_jobs] for key, key_jobs in jobs.items()}
+    labels = {"forget": "forget samples"}
+    return {
+        key: generate_many(
+            model,
+            tok.tok,
+            key_jobs,
+            gen,
+            chat=tok.chat,
+            progress=labels.get(key, key) if progress else None,
+            **_guarded(guard, sets[key]),
+        )
+        for key, key_jobs in jobs.items()
+    }
+
+
+def score_forget(
+    items: list[Item],
+    strategies: list[Strategy],
+    texts: list[list[list[str]]],
+    reasoning: ReasoningFormat,
+    judge: LeakJudge | None = None,
+) -> list[Scored]:
+    """Score `texts[strategy][item]` (each the item's samples under that strategy)."""
     facts = [item_facts(it) for it in items]
     out = []
-    texts = generate_many(
-        model,
-        tok.tok,
-        [(prompts, st) for st in strategies],
-        gen,
-        chat=tok.chat,
-        progress="forget samples" if progress else None,
-        **_guarded(guard, items),
-    )
     for st, job in zip(strategies, texts):
         for it, f, outs in zip(items, facts, job):
-            out.extend(score_sample(it, f, st, o, tok.reasoning, judge) for o in outs)
+            out.extend(score_sample(it, f, st, o, reasoning, judge) for o in outs)
     return out
 
 
@@ -205,16 +253,12 @@ def fact_recall(item: Item, answer: str) -> float:
     return len(find_leaks(answer, facts)) / len(facts)
 
 
-def accuracy_set(model, tok, items: list[Item], gen: GenConfig, kind: str, progress=None, guard=None):
-    """Greedy answers of a retain-like (`facts`) or GSM8K-like (`number`) set: (metrics, rows)."""
-    greedy = make_strategies(["greedy"], 1, tok.reasoning)[0]
-    prompts = prompts_for(items, tok, guard)
-    texts = generate(
-        model, tok.tok, prompts, greedy, gen, chat=tok.chat, progress=progress, **_guarded(guard, items)
-    )
+def score_accuracy(items: list[Item], texts: list[list[str]], kind: str, reasoning: ReasoningFormat):
+    """The greedy answers `texts[item]` of a retain-like (`facts`) or GSM8K-like (`number`) set:
+    (metrics, rows)."""
     rows = []
     for it, (text,) in zip(items, texts):
-        parts = tok.reasoning.split(text)
+        parts = reasoning.split(text)
         answer = parts.answer if parts.answer.strip() else text
         if kind == "number":
             pred = extract_final_number(answer)
