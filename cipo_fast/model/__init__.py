@@ -8,4 +8,5 @@ attention.py   `cipo_varlen`: causal SDPA per packed sequence, with the prefix r
 forward.py     final hidden states of a packed micro-batch -> fused log-prob sums (`micro_batch_logps`,
                `score_sequences`), the LM-head transform (`HeadSpec`) and its check
 generation.py  decoding strategies and batched generation with a preallocated KV cache
+decode_cache.py  that cache: transformers' `StaticCache`, attended over its filled positions only
 """
