@@ -434,5 +434,14 @@ def publish(marker: str, table: str, readme: bool) -> None:
         )
 
 
+def save_and_publish(
+    out: str | Path, name: str, facts: dict, result: dict, marker: str, table: str, readme: bool
+) -> None:
+    """Write `OUT/name` ({"machine": facts, **result}) and `publish` the table."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / name).write_text(json.dumps({"machine": facts, **result}, indent=2))
+    publish(marker, table, readme)
+
+
 def gb(nbytes: float | None) -> str:
     return "–" if nbytes is None else f"{nbytes / 1e9:.2f}"

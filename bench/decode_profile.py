@@ -24,13 +24,12 @@ rest are decode steps) and so is `pick_tokens`, so every op's self time lands in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import OUT, ModelShape, gemm_rate, machine, publish, resolve_model
+from common import OUT, ModelShape, gemm_rate, machine, resolve_model, save_and_publish
 from generation import padded_prompts
 
 GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")
@@ -170,9 +169,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     facts = machine()
     r = run(a)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "decode_profile.json").write_text(json.dumps({"machine": facts, **r}, indent=2))
-    publish("bench-decode-profile", table(r, facts), a.readme)
+    save_and_publish(
+        a.out, "decode_profile.json", facts, r, "bench-decode-profile", table(r, facts), a.readme
+    )
     print(table(r, facts))
     return 0
 

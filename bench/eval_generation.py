@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import OUT, REPO, machine, publish, resolve_model
+from common import OUT, REPO, machine, resolve_model, save_and_publish
 
 sys.path.insert(0, str(REPO))
 
@@ -163,9 +163,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     facts = machine()
     r = run(a)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "eval_generation.json").write_text(json.dumps({"machine": facts, **r}, indent=2))
-    publish(a.marker, table(r, facts), a.readme)
+    save_and_publish(a.out, "eval_generation.json", facts, r, a.marker, table(r, facts), a.readme)
     return 0
 
 

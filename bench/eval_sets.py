@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import OUT, REPO, SHARED_DATA, machine, publish, resolve_model
+from common import OUT, REPO, SHARED_DATA, machine, resolve_model, save_and_publish
 
 sys.path.insert(0, str(REPO))
 
@@ -149,9 +149,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     facts = machine()
     r = run(a)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "eval_sets.json").write_text(json.dumps({"machine": facts, **r}, indent=2))
-    publish("bench-eval-sets", table(r, facts), a.readme)
+    save_and_publish(a.out, "eval_sets.json", facts, r, "bench-eval-sets", table(r, facts), a.readme)
     return 0
 
 

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import OUT, ModelShape, gemm_rate, machine, publish, resolve_model
+from common import OUT, ModelShape, gemm_rate, machine, resolve_model, save_and_publish
 
 
 def prompts(tok, n: int) -> list[str]:
@@ -226,9 +226,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     facts = machine()
     r = run(a)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "generation.json").write_text(json.dumps({"machine": facts, **r}, indent=2))
-    publish("bench-generation", table(r, facts), a.readme)
+    save_and_publish(a.out, "generation.json", facts, r, "bench-generation", table(r, facts), a.readme)
     return 0
 
 
