@@ -12,8 +12,8 @@ answer / gold CoT and step-wise  Definitions:
 * accuracy on retain-like sets (greedy): the fraction of an item's key facts found in the answer, averaged
   over items; on GSM8K-like sets: the answer's final number equals the gold.
 
-An evaluation generates its sets (`generate_sets`) and scores each (`score_forget`,
-`score_accuracy`); the CiPO loop calls `sample_forget` and `score_sample` directly: the same code decides what leaks during
+An evaluation generates its sets (`generate_sets`) and scores each (`score_forget`, `score_accuracy`);
+the CiPO loop calls `sample_forget` and `score_sample` directly: the same code decides what leaks during
 training and during evaluation.
 """
 
