@@ -284,9 +284,7 @@ class GuardProcessor:
         self.monitoring = {k: g.config.monitor and close not in prefills[k] for k in self.rows}
         self.step_start = dict.fromkeys(self.rows, 0)  # where the current sentence's tokens begin
         self.queue: dict[int, deque[int]] = {k: deque() for k in self.rows}
-        pen = [(k, t) for k in self.rows for t in self.row_target[k].penalized.tolist()]
-        self.pen_rows = torch.tensor([k for k, _ in pen], dtype=torch.long)
-        self.pen_cols = torch.tensor([t for _, t in pen], dtype=torch.long)
+        self._index_penalties()
         g.seconds += time.perf_counter() - t0
 
     def select(self, keep: torch.Tensor) -> None:
@@ -296,14 +294,13 @@ class GuardProcessor:
         for name in ("row_target", "tokens", "monitoring", "step_start", "queue"):
             setattr(self, name, {new[k]: v for k, v in getattr(self, name).items() if k in new})
         self.live = {new[k] for k in self.live if k in new}
-        if self.pen_rows.numel():
-            lut = torch.full((int(self.pen_rows.max()) + 1,), -1, dtype=torch.long)
-            for old, j in new.items():
-                if old < lut.numel():
-                    lut[old] = j
-            rows = lut[self.pen_rows.cpu()]
-            kept = rows >= 0
-            self.pen_rows, self.pen_cols = rows[kept], self.pen_cols.cpu()[kept]
+        self._index_penalties()
+
+    def _index_penalties(self) -> None:
+        """(row, token) of every penalized token of the in-scope rows, as index tensors."""
+        pen = [(k, t) for k in self.rows for t in self.row_target[k].penalized.tolist()]
+        self.pen_rows = torch.tensor([k for k, _ in pen], dtype=torch.long)
+        self.pen_cols = torch.tensor([t for _, t in pen], dtype=torch.long)
 
     def __call__(self, logits: torch.Tensor, step: int, last_tokens: torch.Tensor | None) -> torch.Tensor:
         """`logits` `[B, V]` of decoding step `step`; `last_tokens` `[B]` what step - 1 picked (None at 0)."""
