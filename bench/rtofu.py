@@ -4,6 +4,7 @@
     python bench/rtofu.py --smoke --out DIR    # a few items, one round, short generations (CI-sized)
     python bench/rtofu.py --methods ga npo     # only these methods (others stay as they are)
     python bench/rtofu.py --target-only        # the target's SFT and evaluation: does it memorise the fold?
+    python bench/rtofu.py --settings demo-best # each method at the setting that won its demo sweep only
 
 Protocol (R-TOFU, Yoon et al. 2025, arXiv 2505.15214, scaled to a CPU):
 
@@ -25,6 +26,12 @@ resumes and a rerun with one method's settings changed redoes that method only. 
 docs/results/rtofu_compare.json) keeps the finished settings beyond the run directory, keyed by the
 target's weights. The target's own leakage is checked: below 80 % greedy (CoT or answer) the forgetting
 measured would not be forgetting of memorised facts, and the result says so (`target_memorises`).
+
+`--settings demo-best` runs each trained method at one learning rate instead of its three: the multiple of
+its base rate that won the method's sweep in `demo --compare` (the demo record's most complete target, as
+bench/compare_tables.py shows it; `comparison.best_setting`). That is a third of the training and
+evaluation, at the price of assuming the synthetic demo's best is R-TOFU's; the result records which
+setting each method took and whether its demo sweep was complete.
 """
 
 from __future__ import annotations
@@ -39,11 +46,19 @@ from common import OUT, REPO, SHARED_DATA, machine, publish
 
 sys.path.insert(0, str(REPO))
 
-from cipo_fast.comparison import METHODS, compare_table, summarize_sweep, sweep_table
+from cipo_fast.comparison import (
+    METHODS,
+    best_setting,
+    compare_table,
+    summarize_sweep,
+    sweep_lrs,
+    sweep_table,
+)
 
 RESULT = OUT / "rtofu.json"
 PLOT = REPO / "docs" / "results" / "rtofu_pareto.png"
 RECORD = REPO / "docs" / "results" / "rtofu_compare.json"
+DEMO_RECORD = REPO / "docs" / "results" / "demo_compare.json"
 MEMORISED = 0.80  # greedy leak the target must reach on the forget fold, CoT and answer (the issue's line)
 COLUMNS = (
     "rtofu_forget_efficacy",
@@ -103,6 +118,14 @@ def parse(argv=None) -> argparse.Namespace:
         "when the CPU has bf16 units, off = fp32; the target is another cached target in bf16",
     )
     p.add_argument("--record", type=Path, default=RECORD, help="compare record file ('' for none)")
+    p.add_argument(
+        "--settings",
+        default="sweep",
+        choices=("sweep", "demo-best"),
+        help="sweep: every method at each learning rate of its sweep; demo-best: at the one that won its "
+        "sweep in demo --compare (--demo-record), a third of the runs",
+    )
+    p.add_argument("--demo-record", type=Path, default=DEMO_RECORD, help="demo --compare record file")
     p.add_argument("--smoke", action="store_true", help="a few items, one round, 8 new tokens")
     p.add_argument(
         "--target-only",
@@ -116,7 +139,41 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def demo_config(a: argparse.Namespace):
+def demo_best(path: Path, methods, base_lr: float) -> tuple[tuple[str, ...], dict]:
+    """`--compare-at` entries that pin each trained method of `methods` to the multiple of its base rate
+    that won its sweep in the demo record at `path`, and {method: where its setting came from}. A method
+    the record has no sweep setting of runs its whole sweep (said so in the second value)."""
+    import compare_tables
+
+    from cipo_fast.config import R2muConfig
+
+    try:
+        record = json.loads(path.read_text())
+        digest = compare_tables.pick_target(record, None)
+    except (OSError, ValueError, SystemExit, KeyError) as e:
+        raise SystemExit(f"--settings demo-best: cannot read the demo record {path}: {e}") from None
+    runs, _ = compare_tables.merged_settings(record, compare_tables.group(record, digest))
+    target = record["targets"][digest].get("target") or {}
+    expected = compare_tables.expected_settings(compare_tables.BASE_LR)
+    pinned, chosen = [], {}
+    for name in methods:
+        spec = METHODS[name]
+        if spec.method is None:
+            continue
+        keys = expected[name]  # the demo sweep's settings, in the order of `LR_SWEEP`
+        rows = {k: r for k, r in runs.get(name, {}).items() if k in keys}
+        if not rows:
+            chosen[name] = {"demo_setting": None, "note": "no demo sweep setting: its whole sweep runs"}
+            continue
+        key = best_setting(rows, target)
+        own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
+        lr = sweep_lrs(spec, base_lr, own)[keys.index(key)]
+        pinned.append(f"{name}={lr:g}")
+        chosen[name] = {"demo_setting": key, "lr": lr, "demo_sweep_complete": len(rows) == len(keys)}
+    return tuple(pinned), {"record": str(path), "target": digest, "host": target.get("host"), **chosen}
+
+
+def demo_config(a: argparse.Namespace, compare_at: tuple[str, ...] = ()):
     from cipo_fast.demo import DemoConfig
 
     return DemoConfig(
@@ -135,6 +192,7 @@ def demo_config(a: argparse.Namespace):
         compare_methods=tuple(a.methods),
         compare_steps=2 if a.smoke else None,  # a tiny target may leak nothing, leaving CiPO without steps
         compare_record=str(a.record) if str(a.record) else None,
+        compare_at=compare_at,
         until="target" if a.target_only else None,
         progress=a.progress,
     )
@@ -229,9 +287,13 @@ def main(argv=None) -> dict:
     if rephrased == "auto":
         dev = a.data_root / rtofu.PARAPHRASES
         rephrased = dev if dev.is_file() and 6 <= a.forget_task <= 10 else None
+    pinned, chosen = (), None
+    if a.settings == "demo-best" and not a.target_only:
+        pinned, chosen = demo_best(a.demo_record, a.methods, a.lr)
+        print("--settings demo-best: " + (", ".join(pinned) or "no method pinned"), flush=True)
     t0 = time.perf_counter()
     result = demo.main(
-        demo_config(a),
+        demo_config(a, pinned),
         build_data=lambda folder: rtofu.build(
             folder,
             a.data_root,
@@ -261,6 +323,8 @@ def main(argv=None) -> dict:
         "target_memorises": memorised,
         "sft": {"epochs": a.sft_epochs, "lr": a.sft_lr},
         "cpu_autocast": a.cpu_autocast,
+        "settings": a.settings,
+        **({"demo_best": chosen} if chosen is not None else {}),
     }
     if a.target_only:
         out.update(wall_s=round(time.perf_counter() - t0, 1), stages_s=result["timings_s"])

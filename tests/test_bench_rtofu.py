@@ -236,3 +236,65 @@ def test_precision_reaches_every_stage():
     bench = _bench()
     assert bench.demo_config(bench.parse(["--cpu-autocast", "bf16"])).cpu_autocast == "bf16"
     assert bench.demo_config(bench.parse([])).cpu_autocast == "off"
+
+
+def _demo_record(path: Path) -> Path:
+    """A demo --compare record: GA's full sweep (+ a setting outside it), R²MU's, nothing of NPO."""
+    from cipo_fast.config import R2muConfig
+
+    def row(leak, retain):
+        return {
+            "max_leak_cot": leak,
+            "max_leak_answer": leak / 2,
+            "retain_accuracy": retain,
+            "arithmetic_accuracy": 0.5,
+        }
+
+    r2 = R2muConfig().r2mu_lr
+    settings = {
+        "ga": {  # 3e-4 forgets most but loses the retain set; 1e-3 is outside the sweep
+            "lr=3e-05": row(0.5, 0.8), "lr=0.0001": row(0.2, 0.75), "lr=0.0003": row(0.0, 0.3),
+            "lr=0.001": row(0.0, 0.8),
+        },
+        "r2mu": {f"lr={0.3 * r2:g}": row(0.9, 0.8), f"lr={3 * r2:g}": row(0.4, 0.78)},
+    }  # fmt: skip
+    target = {"retain_accuracy": 0.8, "arithmetic_accuracy": 0.5, "recipe": "k", "host": "h"}
+    path.write_text(
+        json.dumps({"kind": "demo-compare", "targets": {"d1": {"target": target, "settings": settings}}})
+    )
+    return path
+
+
+def test_demo_best_pins_each_method_to_its_demo_winner(tmp_path, monkeypatch):
+    """--settings demo-best: each trained method at the multiple of its base rate that won its demo sweep
+    (scaled to this run's --lr; R²MU at its own rate), settings outside the sweep ignored, a method the
+    record lacks left to its whole sweep; the pins reach the demo's --compare-at; a bad record is named."""
+    import cipo_fast.demo
+    from cipo_fast.config import R2muConfig
+
+    rtofu = _bench()
+    record = _demo_record(tmp_path / "demo.json")
+    pinned, chosen = rtofu.demo_best(record, ["ga", "npo", "r2mu", "star"], 2e-4)
+    r2 = R2muConfig().r2mu_lr
+    assert pinned == ("ga=0.0002", f"r2mu={3 * r2:g}")
+    assert chosen["ga"] == {"demo_setting": "lr=0.0001", "lr": 2e-4, "demo_sweep_complete": True}
+    assert chosen["r2mu"]["demo_sweep_complete"] is False and chosen["npo"]["demo_setting"] is None
+    assert "star" not in chosen and chosen["target"] == "d1" and chosen["host"] == "h"
+
+    seen = {}
+
+    def fake_main(cfg, build_data=None):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(cipo_fast.demo, "main", fake_main)
+    argv = ["--data-root", str(fake_root(tmp_path / "data")), "--methods", "ga", "npo", "r2mu"]
+    with pytest.raises(RuntimeError, match="stop"):
+        rtofu.main([*argv, "--settings", "demo-best", "--demo-record", str(record), "--lr", "2e-4"])
+    assert seen["cfg"].compare_at == pinned
+    with pytest.raises(RuntimeError, match="stop"):
+        rtofu.main(argv)  # the default runs every sweep
+    assert seen["cfg"].compare_at == ()
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"bad\.json"):
+        rtofu.main([*argv, "--settings", "demo-best", "--demo-record", str(tmp_path / "bad.json")])
