@@ -1,5 +1,6 @@
 """Batched generation: per-row temperatures, all strategies in one batch, greedy rows exact, determinism."""
 
+import pytest
 import torch
 
 from cipo_fast.model.generation import GenConfig, generate_many, make_strategies, pick_tokens
@@ -180,3 +181,36 @@ def test_attention_reads_only_the_filled_cache_positions_and_the_tokens_stay_the
     assert lengths[True] == [w + t + 1 for t in range(steps - 1)]
     assert set(lengths[False]) == {w + steps}
     assert torch.equal(out[True], out[False])
+
+
+def test_decode_cache_keeps_each_buffer_in_its_own_dtype_on_releases_that_do_not(monkeypatch):
+    """Under autocast the keys reach the cache in fp32 and the values in bf16. transformers 5.1x's
+    `StaticLayer` allocated both buffers in the keys' dtype (emulated here) and failed at the value write;
+    both of `decode_cache`'s layer forms store each in its own dtype, on that base and on today's."""
+    from transformers import LlamaConfig
+    from transformers.cache_utils import StaticLayer
+
+    from cipo_fast.model.decode_cache import decode_cache
+
+    config = LlamaConfig(
+        hidden_size=16, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2, vocab_size=32
+    )
+    keys, values = torch.randn(3, 1, 5, 8), torch.randn(3, 1, 5, 8).bfloat16()
+    real = StaticLayer.lazy_initialization
+
+    def one_dtype(self, k, v, *args):  # the 5.1x allocation
+        real(self, k, v, *args)
+        self.values = self.values.to(k.dtype)
+
+    for base in (real, one_dtype):
+        monkeypatch.setattr(StaticLayer, "lazy_initialization", base)
+        for filled in (True, False):
+            layer = decode_cache(config, 12, filled_only=filled).layers[0]
+            k, v = layer.update(keys, values, cache_kwargs={"cache_position": torch.arange(5)})
+            assert (k.dtype, v.dtype) == (torch.float32, torch.bfloat16)
+            assert torch.equal(k[:, :, :5], keys) and torch.equal(v[:, :, :5], values)
+            assert k.shape[2] == (5 if filled else 12)
+        plain = StaticLayer(max_cache_len=12)
+        if base is one_dtype:  # the base alone fails as 5.1x did: the test sees the failure it guards
+            with pytest.raises(RuntimeError, match="dtype"):
+                plain.update(keys, values, cache_kwargs={"cache_position": torch.arange(5)})

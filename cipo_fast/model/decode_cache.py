@@ -6,12 +6,19 @@ as much as the LM head at a 135M model's size). But each step then attends over 
 the unfilled ones masked out: with 768 new tokens, a step early in a trace reads ~10x the keys it has,
 and a CPU decode step's attention costs in proportion to the keys it reads.
 
-`filled_cache` is that `StaticCache` with each full-attention layer replaced by a `FilledLayer`: the same
+`decode_cache` is that `StaticCache` with each full-attention layer replaced by a `FilledLayer`: the same
 buffers and writes, but attention gets the filled prefix `[:, :, :filled]` (a view, no copy) and the
 mask is sized to it (`get_mask_sizes`). The softmax over the masked positions of the full buffer is
 exactly zero there, so the outputs are the same up to the order of float additions. Selecting rows
 (`Cache.reorder_cache`: shared prefills, ended rows leaving the batch) copies the filled positions only.
 Layers of other kinds (sliding windows) are left as `StaticCache` makes them.
+
+Under autocast the keys and values reach the cache in different dtypes (the value projection's output is
+bf16; the keys leave the rotary embedding in the fp32 of its cos/sin tables). transformers 5.2x allocates
+each buffer in its own tensor's dtype; the 5.1x releases (5.17: the GPU check's machine) allocate both in
+the keys' and fail at the first value write. `decode_cache` therefore replaces the full-attention layers
+in both forms: `CastSafeLayer` (the whole buffer attended, `decode(filled_only=False)`) allocates each
+buffer in its own dtype, and `FilledLayer` is that plus the filled positions.
 """
 
 from __future__ import annotations
@@ -22,10 +29,18 @@ import torch
 
 
 @cache
-def _layer_class():
+def _layer_classes():
     from transformers.cache_utils import StaticLayer
 
-    class FilledLayer(StaticLayer):
+    class CastSafeLayer(StaticLayer):
+        """A `StaticLayer` whose value buffer has the values' dtype, whatever the release allocates."""
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor, *args) -> None:
+            super().lazy_initialization(key_states, value_states, *args)
+            if self.values.dtype != value_states.dtype:
+                self.values = torch.zeros_like(self.values, dtype=value_states.dtype)
+
+    class FilledLayer(CastSafeLayer):
         """A `StaticLayer` whose `update` returns the positions written so far, not the whole buffer. Its
         writes must be contiguous from position 0, as `decode`'s are (the prompt, then one per step)."""
 
@@ -60,17 +75,17 @@ def _layer_class():
             super().reset()
             self.filled = 0
 
-    return StaticLayer, FilledLayer
+    return StaticLayer, CastSafeLayer, FilledLayer
 
 
-def filled_cache(config, max_cache_len: int):
+def decode_cache(config, max_cache_len: int, filled_only: bool = True):
     """A `StaticCache` for `max_cache_len` positions whose full-attention layers attend over their filled
-    positions only (`FilledLayer`)."""
+    positions only (`FilledLayer`), or over the whole buffer (`CastSafeLayer`) without `filled_only`."""
     from transformers import StaticCache
 
     kv = StaticCache(config=config, max_cache_len=max_cache_len)
-    static, filled = _layer_class()
+    static, whole, filled = _layer_classes()
     for i, layer in enumerate(getattr(kv, "layers", [])):
         if type(layer) is static:
-            kv.layers[i] = filled(max_cache_len=layer.max_cache_len)
+            kv.layers[i] = (filled if filled_only else whole)(max_cache_len=layer.max_cache_len)
     return kv

@@ -160,7 +160,7 @@ def decode(
     The KV cache is allocated once for `W + max_new_tokens` positions (no per-step concatenation, which
     costs as much as the LM head in transformers' growing cache at this size) and, with `filled_only`,
     each step attends over the positions filled so far, not the whole allocation
-    (`decode_cache.filled_cache`); only the last position's logits are computed. With `share_prefill`,
+    (`decode_cache.decode_cache`); only the last position's logits are computed. With `share_prefill`,
     rows with the same prompt (the samples of one question, strategies without a prefill of their own)
     are prefilled once and their cache rows copied (`Cache.reorder_cache`, transformers' beam-search
     reordering), so a batch of k samples per prompt runs 1/k of the prompt tokens through the model.
@@ -171,9 +171,7 @@ def decode(
     and a CPU step costs in proportion to its rows. Each step still draws one uniform per sampled row of
     the whole batch, so the tokens are those of the full-batch decode. A `processor` keeps its rows (it
     is keyed by row) unless it has `select(keep)` to follow the selection."""
-    from transformers import StaticCache
-
-    from cipo_fast.model.decode_cache import filled_cache
+    from cipo_fast.model.decode_cache import decode_cache
 
     # transformers >= 5.23 renames `past_key_values` to `cache` (FutureWarning); older 5.x only know the
     # former, and an unknown keyword would be swallowed by **kwargs, i.e. decoding without the cache
@@ -183,8 +181,7 @@ def decode(
         )
         b, w = ids.shape
         device = ids.device
-        make_cache = filled_cache if filled_only else StaticCache
-        cache = make_cache(config=model.config, max_cache_len=w + max_new_tokens)
+        cache = decode_cache(model.config, w + max_new_tokens, filled_only)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         full_mask = torch.cat((mask, torch.zeros(b, max_new_tokens, dtype=mask.dtype, device=device)), 1)
         rows = None  # the prompt each row decodes from, when some rows share one
