@@ -11,8 +11,9 @@ absent is a line in the output, never a failure. Sections, in order, each in a c
 time limit (`LIMITS_S`, under 8 minutes in all):
 
     kernels  tests/test_triton_kernels.py and tests/test_triton_fused_rows.py with the kernels compiled
-             (TRITON_INTERPRET unset) on the GPU, in fp32, fp16 and bf16 (`pytest -x`: the first failure
-             stops it)
+             (TRITON_INTERPRET unset) on the GPU, in fp32, fp16 and bf16, and tests/test_decode_autocast.py
+             (CiPO's sampling decode under CUDA bf16 autocast against a full forward pass) (`pytest -x`:
+             the first failure stops it)
     ops      bench/gpu_ops.py: the fused log-prob op + DPO loss (two-pass and loss-inside) vs the textbook path, Liger, Cut
              Cross-Entropy at N = 4k / 16k / 64k, V = 151936, bf16; with its own correctness checks
     steps    bench/gpu_steps.py: one DPO step, cipo-fast vs the textbook (TRL-default) step, SmolLM2-135M
@@ -90,7 +91,12 @@ def interpreter(cuda: bool) -> dict:
 def kernel_tests(extra: list[str], limit_s: float, cuda: bool) -> dict:
     """The kernel tests in a child, compiled on the GPU."""
     args = [str(REPO / "bench" / "inplace.py"), "--", "-q", "-x", "-p", "no:cacheprovider"]
-    args += ["tests/test_triton_kernels.py", "tests/test_triton_fused_rows.py", *extra]
+    args += [
+        "tests/test_triton_kernels.py",
+        "tests/test_triton_fused_rows.py",
+        "tests/test_decode_autocast.py",
+    ]
+    args += extra
     run = run_child(args, timeout_s=limit_s, env_extra=interpreter(cuda), cwd=REPO)
     tail = run.stdout.strip().splitlines()[-1:] or [""]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail[0])}
