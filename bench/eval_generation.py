@@ -9,7 +9,8 @@ each step attend over the whole allocation (prompt + `--new` positions) with the
 Method: the forget items' prompts (the demo's synthetic set, or `--forget FILE` with `--task-ids`) under
 the evaluation's strategies (`--strategies`, `--samples`), exactly as `cipo-fast eval` generates them
 (`scoring.prompts_for`, `generate_many`, the demo's system prompt), at `--new` new tokens, under each arm
-of `ARMS` (`GenConfig.compact`, `GenConfig.filled_only`), alternated `--repeats` times; the median wall
+of `ARMS` (`GenConfig.compact`, `GenConfig.filled_only`; `--compact-at` adds arms that drop ended rows at
+other shares of the batch, `GenConfig.compact_at`), alternated `--repeats` times; the median wall
 time of each, the decode steps, the row-steps (rows summed over decode steps) and the keys read (rows ×
 key positions attended, summed over steps), counted by a hook on the model, and how many texts differ
 from the first arm's (in exact arithmetic none would: the sampled rows draw the same uniforms either way;
@@ -37,6 +38,19 @@ ARMS = (  # (name, GenConfig options): the decode before 2026-12-04, then each c
     ("whole cache, ended rows dropped", {"compact": True, "filled_only": False}),
     ("filled positions, ended rows dropped", {"compact": True, "filled_only": True}),
 )
+
+
+def arms(compact_at: list[float]) -> tuple:
+    """`ARMS`, then the last one dropping ended rows at each share of `--compact-at` (the default drops
+    them once a quarter of the rows still decoding have ended; 0: at every row that ends)."""
+    extra = tuple(
+        (
+            f"filled positions, rows dropped at {x:g} ended",
+            {"compact": True, "filled_only": True, "compact_at": x},
+        )
+        for x in compact_at
+    )
+    return ARMS + extra
 
 
 def forget_items(a: argparse.Namespace, work: Path):
@@ -75,10 +89,11 @@ def run(a: argparse.Namespace) -> dict:
             counts["keys_read"] += ids.shape[0] * (filled if arm["filled_only"] else allocated)
 
     hook = model.register_forward_pre_hook(count, with_kwargs=True)
-    results = {name: [] for name, _ in ARMS}
+    tried = arms(a.compact_at)
+    results = {name: [] for name, _ in tried}
     texts = {}
     for rep in range(a.repeats):
-        for name, options in ARMS if rep % 2 == 0 else ARMS[::-1]:
+        for name, options in tried if rep % 2 == 0 else tried[::-1]:
             counts.update(steps=0, row_steps=0, keys_read=0)
             arm.update(options)
             cfg = GenConfig(a.new, a.batch, seed=0, **options)
@@ -86,11 +101,11 @@ def run(a: argparse.Namespace) -> dict:
             texts[name] = generate_many(model, tok.tok, jobs, cfg, chat=tok.chat)
             results[name].append({"s": time.perf_counter() - t, **counts})
     hook.remove()
-    first = ARMS[0][0]
-    flat = {name: [o for job in texts[name] for outs in job for o in outs] for name, _ in ARMS}
+    first = tried[0][0]
+    flat = {name: [o for job in texts[name] for outs in job for o in outs] for name, _ in tried}
     new_tokens = [len(hf_tok(o, add_special_tokens=False)["input_ids"]) for o in flat[first]]
     rows = []
-    for name, options in ARMS:
+    for name, options in tried:
         runs = results[name]
         rows.append(
             {
@@ -157,6 +172,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--new", type=int, default=384, help="max new tokens")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--compact-at",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also these shares of ended rows at which rows leave the batch (GenConfig.compact_at; 0 = each)",
+    )
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--no-readme", dest="readme", action="store_false", help="do not touch README.md")
     ap.add_argument("--marker", default="bench-eval-generation", help="README marker of the table")

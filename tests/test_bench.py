@@ -310,7 +310,8 @@ def test_decode_profile_smoke(tiny_model_dir, tmp_path):
 def test_eval_generation_smoke(tiny_model_dir, tmp_path):
     """Every arm runs the evaluation's jobs and gives the same texts; dropping ended rows never adds
     row-steps (the tiny random model rarely says EOS, so the two may be equal here); attending the filled
-    positions reads fewer keys than the whole allocation."""
+    positions reads fewer keys than the whole allocation; `--compact-at 0` adds an arm that drops rows at
+    every EOS."""
     run_script(
         "eval_generation.py",
         *(
@@ -324,15 +325,18 @@ def test_eval_generation_smoke(tiny_model_dir, tmp_path):
             "8",
             "--out",
             str(tmp_path),
+            "--compact-at",
+            "0",
         ),
     )
     r = json.loads((tmp_path / "eval_generation.json").read_text())
-    kept, dropped, filled = r["systems"]
+    kept, dropped, filled, each = r["systems"]
     assert r["same_texts"] and r["rows"] == 3 * len(r["strategies"]) == 15
     # 15 rows: batches of 8 and 7, each up to 5 decode steps after the prefill; kept, every step has all rows
     assert kept["decode_steps"] <= 10 and 7 * kept["decode_steps"] <= kept["row_steps"] <= 75
     assert 0 < dropped["row_steps"] <= kept["row_steps"] and dropped["decode_steps"] == kept["decode_steps"]
     assert filled["row_steps"] == dropped["row_steps"] and filled["keys_read"] < dropped["keys_read"]
+    assert each["compact_at"] == 0 and each["row_steps"] <= filled["row_steps"]  # dropped at every EOS
 
 
 def test_eval_sets_smoke(tiny_model_dir, tmp_path):

@@ -91,7 +91,7 @@ def test_shared_prefill_gives_the_same_tokens_with_fewer_prompt_tokens(tiny_mode
 
 def test_ended_rows_leave_the_batch_and_the_tokens_stay_the_same(tiny_model_dir):
     """`decode(compact=True)`: once a quarter of the rows have met EOS they leave the batch (the decode
-    steps' batch shrinks), and every row's greedy and sampled tokens equal the full-batch decode's, in
+    steps' batch shrinks; with `compact_at=0` each step runs the rows still decoding, no more), and every row's greedy and sampled tokens equal the full-batch decode's, in
     float64; a processor without `select` keeps the full batch. The random tiny model never says EOS by
     itself, so a hook on its LM head makes EOS the pick wherever a row's hidden state is high in one
     coordinate: a property of the row's own history, so rows end at different steps whatever the batch."""
@@ -118,14 +118,14 @@ def test_ended_rows_leave_the_batch_and_the_tokens_stay_the_same(tiny_model_dir)
     ends = [next((t for t, x in enumerate(row.tolist()) if x == eos), steps) for row in free]
     assert len(set(ends)) > 3, ends
 
-    def run(compact, processor=None):
+    def run(compact, processor=None, at=0.25):
         rows = []
         hook = model.register_forward_pre_hook(
             lambda m, a, kw: rows.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] == 1 else None,
             with_kwargs=True,
         )
         g = torch.Generator().manual_seed(3)
-        out = decode(model, ids, mask, temps, steps, eos, eos, g, processor, compact=compact)
+        out = decode(model, ids, mask, temps, steps, eos, eos, g, processor, compact=compact, compact_at=at)
         hook.remove()
         return out, rows
 
@@ -139,6 +139,12 @@ def test_ended_rows_leave_the_batch_and_the_tokens_stay_the_same(tiny_model_dir)
         assert torch.equal(full[k, : end + 1], free[k, : min(end + 1, full.shape[1])])
         assert bool((full[k, end + 1 :] == eos).all())
 
+    # compact_at=0: every step runs exactly the rows that have not said EOS yet
+    each, each_rows = run(True, at=0.0)
+    assert torch.equal(each, full)
+    alive = [sum(e > t for e in ends) for t in range(steps - 1)]
+    assert each_rows == [n for n in alive if n] and sum(each_rows) < sum(small_rows)
+
     class Passthrough:
         def __call__(self, logits, step, last_tokens):
             return logits
@@ -146,6 +152,8 @@ def test_ended_rows_leave_the_batch_and_the_tokens_stay_the_same(tiny_model_dir)
     kept, kept_rows = run(True, Passthrough())
     head.remove()
     assert torch.equal(kept, full) and set(kept_rows) == {len(prompts)}
+    with pytest.raises(ValueError, match="compact_at"):
+        GenConfig(compact_at=1.5)
 
 
 def test_attention_reads_only_the_filled_cache_positions_and_the_tokens_stay_the_same(

@@ -100,7 +100,12 @@ class GenConfig:
     seed: int = 0
     autocast: torch.dtype | None = None  # decode under this autocast (a run's training precision), or none
     compact: bool = True  # rows that have ended leave their batch (`decode(compact=...)`)
+    compact_at: float = 0.25  # ... once this share of the rows still decoding has ended (`decode`)
     filled_only: bool = True  # attention reads the cache's filled positions only (`decode(filled_only=...)`)
+
+    def __post_init__(self):
+        if not 0.0 <= self.compact_at <= 1.0:
+            raise ValueError(f"GenConfig.compact_at: expected a share in [0, 1], got {self.compact_at}")
 
 
 def pick_tokens(
@@ -152,6 +157,7 @@ def decode(
     share_prefill: bool = True,
     compact: bool = True,
     filled_only: bool = True,
+    compact_at: float = 0.25,
 ) -> torch.Tensor:
     """New tokens `[B, <= max_new_tokens]` for left-padded prompts `ids`/`mask` `[B, W]`, each row at its
     own temperature; rows after their EOS hold `pad_id`; stops when every row has ended. `processor`
@@ -165,8 +171,8 @@ def decode(
     are prefilled once and their cache rows copied (`Cache.reorder_cache`, transformers' beam-search
     reordering), so a batch of k samples per prompt runs 1/k of the prompt tokens through the model.
 
-    Rows that have ended leave the batch (`compact`): once a quarter of the rows still decoding have met
-    their EOS, the others' cache rows, masks and positions are selected (`Cache.reorder_cache` again) and
+    Rows that have ended leave the batch (`compact`): once `compact_at` of the rows still decoding (a
+    quarter; 0: at every row that ends) have met their EOS, the others' cache rows, masks and positions are selected (`Cache.reorder_cache` again) and
     later steps run on them only -- a batch mixes ZeroThink answers of ~50 tokens with traces of ~600,
     and a CPU step costs in proportion to its rows. Each step still draws one uniform per sampled row of
     the whole batch, so the tokens are those of the full-batch decode. A `processor` keeps its rows (it
@@ -230,7 +236,7 @@ def decode(
             if bool(done.all()) or t == max_new_tokens - 1:
                 break
             ended = int(done.sum())
-            if compact and ended and 4 * ended >= done.numel():
+            if compact and ended and ended >= compact_at * done.numel():
                 keep = (~done).nonzero().squeeze(1)
                 cache.reorder_cache(keep)
                 alive, done, tok, last = alive[keep], done[keep], tok[keep], last[keep]
@@ -349,6 +355,7 @@ def _decode_batches(model, tokenizer, rows, batches, cfg, salt, split, progress,
             processor,
             compact=cfg.compact,
             filled_only=cfg.filled_only,
+            compact_at=cfg.compact_at,
         ).cpu()
         for k, r in enumerate(idx):
             texts[r] = rows[r][2] + tokenizer.decode(new[k], skip_special_tokens=True)
