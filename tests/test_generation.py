@@ -192,8 +192,8 @@ def test_attention_reads_only_the_filled_cache_positions_and_the_tokens_stay_the
 
 
 def test_decode_cache_keeps_each_buffer_in_its_own_dtype_on_releases_that_do_not(monkeypatch):
-    """Under autocast the keys reach the cache in fp32 and the values in bf16. transformers 5.1x's
-    `StaticLayer` allocated both buffers in the keys' dtype (emulated here) and failed at the value write;
+    """Under autocast the keys reach the cache in fp32 and the values in bf16. transformers 5.17's
+    `StaticLayer` allocates both buffers in the keys' dtype (emulated here) and failed at the value write;
     both of `decode_cache`'s layer forms store each in its own dtype, on that base and on today's."""
     from transformers import LlamaConfig
     from transformers.cache_utils import StaticLayer
@@ -206,7 +206,7 @@ def test_decode_cache_keeps_each_buffer_in_its_own_dtype_on_releases_that_do_not
     keys, values = torch.randn(3, 1, 5, 8), torch.randn(3, 1, 5, 8).bfloat16()
     real = StaticLayer.lazy_initialization
 
-    def one_dtype(self, k, v, *args):  # the 5.1x allocation
+    def one_dtype(self, k, v, *args):  # 5.17's allocation
         real(self, k, v, *args)
         self.values = self.values.to(k.dtype)
 
@@ -219,6 +219,6 @@ def test_decode_cache_keeps_each_buffer_in_its_own_dtype_on_releases_that_do_not
             assert torch.equal(k[:, :, :5], keys) and torch.equal(v[:, :, :5], values)
             assert k.shape[2] == (5 if filled else 12)
         plain = StaticLayer(max_cache_len=12)
-        if base is one_dtype:  # the base alone fails as 5.1x did: the test sees the failure it guards
+        if base is one_dtype:  # the base alone fails as 5.17 does: the test sees the failure it guards
             with pytest.raises(RuntimeError, match="dtype"):
                 plain.update(keys, values, cache_kwargs={"cache_position": torch.arange(5)})

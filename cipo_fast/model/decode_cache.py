@@ -14,9 +14,9 @@ exactly zero there, so the outputs are the same up to the order of float additio
 Layers of other kinds (sliding windows) are left as `StaticCache` makes them.
 
 Under autocast the keys and values reach the cache in different dtypes (the value projection's output is
-bf16; the keys leave the rotary embedding in the fp32 of its cos/sin tables). transformers 5.2x allocates
-each buffer in its own tensor's dtype; the 5.1x releases (5.17: the GPU check's machine) allocate both in
-the keys' and fail at the first value write. `decode_cache` therefore replaces the full-attention layers
+bf16; the keys leave the rotary embedding in the fp32 of its cos/sin tables). transformers 5.25 (this
+project's venv) allocates each buffer in its own tensor's dtype; 5.17 (the GPU check's machine) allocates
+both in the keys' and fails at the first value write. `decode_cache` therefore replaces the full-attention layers
 in both forms: `CastSafeLayer` (the whole buffer attended, `decode(filled_only=False)`) allocates each
 buffer in its own dtype, and `FilledLayer` is that plus the filled positions.
 """
