@@ -20,7 +20,7 @@ demo's CiPO run (same batch size, constant schedule, the same retain set) and is
     r2mu               --method r2mu (its own defaults, c by Adaptive RMU)   forget items
     r2mu_alpha1200     the same with RMU's retain weight alpha = 1200 (the     forget items
                        WMDP RMU code's, which Adaptive RMU keeps), swept
-                       around 10x R²MU's learning rate
+                       around 100x R²MU's learning rate
     star, guard        no training: eval --guard star | guard on the target
 
 A fair budget is a learning rate that suits the method, so each trained method runs at every multiple in
@@ -68,8 +68,11 @@ METHODS: dict[str, MethodSpec] = {  # run in this order: the costly CiPO sweep p
     "tru": MethodSpec("tru", "tru_pairs"),
     "r2mu": MethodSpec("r2mu", "items", own_lr=True),
     # with alpha = 1.7 R²MU forgets only from 10x its lr on, at the cost of the retain set (README); a
-    # retain weight of 1200 holds the retained activations while larger steps move the forget ones
-    "r2mu_alpha1200": MethodSpec("r2mu", "items", {"r2mu_alpha": 1200.0}, own_lr=True, lr_scale=10.0),
+    # retain weight of 1200 holds the retained activations while larger steps move the forget ones. On the
+    # demo's EPYC target (2026-12-04) it left every leak at 100 % up to 10x R²MU's lr and forgot from
+    # 30x (75 % / 92 % worst CoT / answer leak) to 300x (16.7 % / 16.7 %) at retain 85 %, retain falling
+    # to 55 % at 1000x: its sweep is centred at 100x
+    "r2mu_alpha1200": MethodSpec("r2mu", "items", {"r2mu_alpha": 1200.0}, own_lr=True, lr_scale=100.0),
     "star": MethodSpec(None, guard="star"),
     "guard": MethodSpec(None, guard="guard"),
     "cipo": MethodSpec("cipo", "items"),

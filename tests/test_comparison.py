@@ -47,8 +47,8 @@ def test_sweep_learning_rates():
     assert sweep_lrs(METHODS["ga"], 1e-4) == [pytest.approx(m * 1e-4) for m in LR_SWEEP]
     assert sweep_lrs(METHODS["r2mu"], 1e-4, 7.5e-5) == [pytest.approx(m * 7.5e-5) for m in LR_SWEEP]
     assert sweep_lrs(METHODS["star"], 1e-4) == []
-    # a variant whose base is scaled: R²MU with RMU's retain weight, around 10x R²MU's own rate
-    assert sweep_lrs(METHODS["r2mu_alpha1200"], 1e-4, 7.5e-5) == [pytest.approx(m * 7.5e-4) for m in LR_SWEEP]
+    # a variant whose base is scaled: R²MU with RMU's retain weight, around 100x R²MU's own rate
+    assert sweep_lrs(METHODS["r2mu_alpha1200"], 1e-4, 7.5e-5) == [pytest.approx(m * 7.5e-3) for m in LR_SWEEP]
 
 
 def test_tables_mark_the_best_setting():
