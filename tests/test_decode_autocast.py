@@ -44,7 +44,8 @@ def random_llama(device: str):
 
 
 def reference_margins(model, ids, mask, out, dtype) -> torch.Tensor:
-    """Per generated token `[B, T]`: the full forward's max logit minus the logit of the token decoded."""
+    """Per generated token `[B, T]`: the full forward's max logit minus the logit of the token decoded;
+    and the standard deviation of those logits (their spread)."""
     w = ids.shape[1]
     full = torch.cat((ids, out), 1)
     full_mask = torch.cat((mask, torch.ones_like(out)), 1)

@@ -172,9 +172,9 @@ def decode(
     reordering), so a batch of k samples per prompt runs 1/k of the prompt tokens through the model.
 
     Rows that have ended leave the batch (`compact`): once `compact_at` of the rows still decoding (a
-    quarter; 0: at every row that ends) have met their EOS, the others' cache rows, masks and positions are selected (`Cache.reorder_cache` again) and
-    later steps run on them only -- a batch mixes ZeroThink answers of ~50 tokens with traces of ~600,
-    and a CPU step costs in proportion to its rows. Each step still draws one uniform per sampled row of
+    quarter; 0: at every row that ends) have met their EOS, the others' cache rows, masks and positions
+    are selected (`Cache.reorder_cache` again) and later steps run on them only -- a batch mixes
+    ZeroThink answers of ~50 tokens with traces of ~600, and a CPU step costs in proportion to its rows. Each step still draws one uniform per sampled row of
     the whole batch, so the tokens are those of the full-batch decode. A `processor` keeps its rows (it
     is keyed by row) unless it has `select(keep)` to follow the selection."""
     from cipo_fast.model.decode_cache import decode_cache
