@@ -24,8 +24,7 @@ from common import REPO, publish
 
 sys.path.insert(0, str(REPO))
 
-from cipo_fast.comparison import METHODS, compare_table, summarize_sweep, sweep_lrs, sweep_table
-from cipo_fast.config import R2muConfig
+from cipo_fast.comparison import METHODS, compare_table, summarize_sweep, sweep_settings, sweep_table
 
 DEFAULT_RECORD = REPO / "docs" / "results" / "demo_compare.json"
 BASE_LR = 1e-4  # `cipo-fast demo --lr` default, the base of every sweep but R²MU's
@@ -33,11 +32,7 @@ BASE_LR = 1e-4  # `cipo-fast demo --lr` default, the base of every sweep but R²
 
 def expected_settings(base_lr: float = BASE_LR) -> dict[str, list[str]]:
     """Every setting the full sweep runs, by method (the keys `demo.compare` uses)."""
-    out = {}
-    for name, spec in METHODS.items():
-        own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
-        out[name] = [f"lr={lr:g}" for lr in sweep_lrs(spec, base_lr, own)] if spec.method else ["target"]
-    return out
+    return {name: list(sweep_settings(spec, base_lr)) for name, spec in METHODS.items()}
 
 
 def group(record: dict, digest: str) -> list[str]:

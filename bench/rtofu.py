@@ -51,7 +51,7 @@ from cipo_fast.comparison import (
     best_setting,
     compare_table,
     summarize_sweep,
-    sweep_lrs,
+    sweep_settings,
     sweep_table,
 )
 
@@ -145,8 +145,6 @@ def demo_best(path: Path, methods, base_lr: float) -> tuple[tuple[str, ...], dic
     the record has no sweep setting of runs its whole sweep (said so in the second value)."""
     import compare_tables
 
-    from cipo_fast.config import R2muConfig
-
     try:
         record = json.loads(path.read_text())
         digest = compare_tables.pick_target(record, None)
@@ -166,8 +164,7 @@ def demo_best(path: Path, methods, base_lr: float) -> tuple[tuple[str, ...], dic
             chosen[name] = {"demo_setting": None, "note": "no demo sweep setting: its whole sweep runs"}
             continue
         key = best_setting(rows, target)
-        own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
-        lr = sweep_lrs(spec, base_lr, own)[keys.index(key)]
+        lr = list(sweep_settings(spec, base_lr).values())[keys.index(key)]
         pinned.append(f"{name}={lr:g}")
         chosen[name] = {"demo_setting": key, "lr": lr, "demo_sweep_complete": len(rows) == len(keys)}
     return tuple(pinned), {"record": str(path), "target": digest, "host": target.get("host"), **chosen}

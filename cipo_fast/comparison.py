@@ -87,6 +87,17 @@ def sweep_lrs(spec: MethodSpec, base_lr: float, own_default: float | None = None
     return [round(base * m, 12) for m in LR_SWEEP]
 
 
+def sweep_settings(spec: MethodSpec, base_lr: float) -> dict[str, float | None]:
+    """{setting key: learning rate} of a method's sweep, in the order of `LR_SWEEP` (R²MU's base is its
+    own default, `R2muConfig.r2mu_lr`); a guard has the one setting "target" (no rate)."""
+    if spec.method is None:
+        return {"target": None}
+    from cipo_fast.config import R2muConfig
+
+    own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
+    return {f"lr={lr:g}": lr for lr in sweep_lrs(spec, base_lr, own)}
+
+
 def worst_leak(row: dict) -> float:
     return max(v for v in (row.get("max_leak_cot"), row.get("max_leak_answer")) if v is not None)
 

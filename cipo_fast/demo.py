@@ -196,7 +196,7 @@ def compare(
     `record` (a `comparison_record.CompareRecord` of this target's weights and recipe) holds for this
     target, or for a sibling of its recipe on this host type, is taken from it."""
     from cipo_fast import fit
-    from cipo_fast.comparison import headline, sweep_lrs
+    from cipo_fast.comparison import headline, sweep_settings
     from cipo_fast.comparison_record import fingerprint, weights_digest
     from cipo_fast.unlearning.baselines import BaselineDataConfig, build
 
@@ -219,8 +219,7 @@ def compare(
     for name in cfg.compare_methods:
         spec = COMPARED[name]
         results[name] = {}
-        own = R2muConfig().r2mu_lr if spec.method == "r2mu" else None
-        lrs = {f"lr={lr:g}": lr for lr in sweep_lrs(spec, cfg.lr, own)} if spec.method else {"target": None}
+        lrs = sweep_settings(spec, cfg.lr)
         if name in pinned:
             lrs = {f"lr={pinned[name]:g}": pinned[name]}
         for key, lr in lrs.items():

@@ -13,6 +13,7 @@ from cipo_fast.comparison import (
     headline,
     summarize_sweep,
     sweep_lrs,
+    sweep_settings,
     sweep_table,
 )
 
@@ -49,6 +50,21 @@ def test_sweep_learning_rates():
     assert sweep_lrs(METHODS["star"], 1e-4) == []
     # a variant whose base is scaled: R²MU with RMU's retain weight, around 100x R²MU's own rate
     assert sweep_lrs(METHODS["r2mu_alpha1200"], 1e-4, 7.5e-5) == [pytest.approx(m * 7.5e-3) for m in LR_SWEEP]
+
+
+def test_sweep_settings_key_each_rate_and_take_r2mus_own_base():
+    from cipo_fast.config import R2muConfig
+
+    own = R2muConfig().r2mu_lr
+    ga = sweep_settings(METHODS["ga"], 1e-4)
+    assert list(ga.values()) == [pytest.approx(m * 1e-4) for m in LR_SWEEP]
+    assert list(ga) == [f"lr={lr:g}" for lr in ga.values()]  # the keys the demo and the record use
+    r2mu = sweep_settings(METHODS["r2mu"], 1e-4)  # the demo's --lr does not move R²MU's base
+    assert list(r2mu.values()) == [pytest.approx(m * own) for m in LR_SWEEP]
+    assert list(sweep_settings(METHODS["r2mu_alpha1200"], 1e-4).values()) == [
+        pytest.approx(m * 100 * own) for m in LR_SWEEP
+    ]
+    assert sweep_settings(METHODS["guard"], 1e-4) == {"target": None}
 
 
 def test_tables_mark_the_best_setting():
