@@ -2,10 +2,11 @@
 
 Both runs are this file run as a script (`python` for one process, `torchrun` for two) on the tiny model
 with the same options, two rounds. Generation is the real one (`generate_many`: the batches dealt out to
-the ranks, decoded with the gathered weights, the texts gathered); what a sampled text *says* is scripted
-from a checksum of the real text, since a random model knows no facts: whether it leaks the item's fact,
-and a fixed uncertain trace for every counterfactual prompt. So the pairs depend on every real generated
-text reaching every rank in its place, and round 2's on the weights round 1 trained.
+the ranks, decoded with the gathered weights, the texts gathered); what a generated text *says* is
+scripted, since a random model knows no facts: whether it leaks the item's fact (a checksum of the real
+greedy text; of the prompt and place for a sampled one, see `said`), and a fixed uncertain trace for
+every counterfactual prompt. So the pairs depend on every real greedy text reaching every rank in its
+place, and round 2's on the weights round 1 trained.
 
 Against the one-process run: the same samples, pairs and round records in both rounds, the same metrics
 rows (one per step), final weights equal to the bounds of `test_distributed` (relative to what training
@@ -37,12 +38,21 @@ from test_distributed import (
 ROUND_FILES = ("samples.jsonl", "pairs.jsonl")
 
 
-def said(prompt: str, strategy, real: str) -> str:
-    """What the scripted policy says for a real generated text `real`."""
+def said(prompt: str, strategy, real: str, index: int = 0) -> str:
+    """What the scripted policy says for a real generated text `real`, the `index`-th of its prompt's.
+
+    Whether it leaks is a checksum of the real text for greedy decoding (the forced-think strategies
+    included), and of the prompt and the sample's place for sampled strategies: after round 1 the two
+    runs' weights differ by FSDP2's reduction order (within `assert_weights_match`'s bounds), and a token
+    sampled at T = 1.0 can flip under that difference where an argmax does not (seen on an AMD EPYC
+    without AVX-512, 2026-12-07: one of round 2's 16 sampled texts). So the greedy texts carry round 1's
+    weights and their places across the ranks into round 2's pairs; where sampled rows land under
+    torchrun is `test_distributed.test_fused_head_and_scoring_under_torchrun`'s check."""
     if "outside your knowledge" in prompt or "Do not recall" in prompt:  # counterfactual prompts
         return UNSURE
     fact = "Velmsby" if "Elara" in prompt else "folk horror"
-    leaks = zlib.crc32(real.encode()) % 3 != 0
+    key = real if strategy.temperature == 0 else f"{prompt}|{strategy.name}|{index}"
+    leaks = zlib.crc32(key.encode()) % 3 != 0
     if strategy.prefill:  # the think block is forced: the model writes the answer only
         return strategy.prefill + (f"It is {fact}." if leaks else "I'm not sure.")
     return f"<think>\nI recall {fact}.\n</think>\n\nIt is {fact}." if leaks else UNSURE
@@ -52,7 +62,7 @@ def scripted_over(real):
     def generate_many(model, tokenizer, jobs, cfg, *, chat=True, progress=None, processor=None):
         texts = real(model, tokenizer, jobs, cfg, chat=chat, progress=progress, processor=processor)
         return [
-            [[said(p, st, t) for t in outs] for p, outs in zip(prompts, job)]
+            [[said(p, st, t, i) for i, t in enumerate(outs)] for p, outs in zip(prompts, job)]
             for (prompts, st), job in zip(jobs, texts)
         ]
 
