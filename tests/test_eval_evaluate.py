@@ -188,6 +188,9 @@ def test_smollm2_rtofu_and_gsm8k_end_to_end(shared_data, smol_dir, tmp_path):
     greedy_a = [r["outputs"] for r in rows_a if r.get("strategy") == "greedy"]
     assert len(greedy_a) == 10 and greedy_a == [r["outputs"] for r in rows_b if r.get("strategy") == "greedy"]
     assert a["strategies"] == b["strategies"] and a["utility"]["n_items"] == 10
+    gen_s = a["timing"]["generation_s"]  # each generated set's decoding time, within the evaluation's
+    assert set(gen_s) == {"forget", "utility"} and all(v > 0 for v in gen_s.values())
+    assert sum(gen_s.values()) <= a["timing"]["seconds"]
     assert 0.0 <= a["strategies"]["greedy"]["leak_any"] <= 1.0
     html = (tmp_path / "a" / "report.html").read_text()
     assert "data:image/png;base64" in html and "greedy" in html

@@ -159,7 +159,17 @@ def evaluate_model(
     embed = judge.embed if Embedder.available() else None  # the guard shares the judge's embeddings
     guard = build_guard(cfg.guard, sets["forget"], model, tok.tok, tok.reasoning, embed)
     generated = [k for k in ("forget", *ACCURACY_SETS) if k in sets]  # not the holdout: MIA scores it
-    texts = generate_sets(model, tok, {k: sets[k] for k in generated}, strategies, gen, cfg.progress, guard)
+    generation_s: dict[str, float] = {}
+    texts = generate_sets(
+        model,
+        tok,
+        {k: sets[k] for k in generated},
+        strategies,
+        gen,
+        cfg.progress,
+        guard,
+        seconds=generation_s,
+    )
     scored = score_forget(sets["forget"], strategies, texts["forget"], tok.reasoning, judge)
     per_strategy, mcs, rows = summarize_forget(sets["forget"], scored, strategies)
     extra = {}
@@ -188,6 +198,7 @@ def evaluate_model(
     summary["timing"] = {
         "seconds": round(time.perf_counter() - t0, 1),
         "judge_s": round(judge.seconds - judged, 1),
+        "generation_s": generation_s,  # each set's decoding, the forget set's strategies together
     }
     return summary, rows
 

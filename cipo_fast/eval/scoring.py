@@ -19,6 +19,7 @@ training and during evaluation.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from statistics import mean
 
@@ -139,6 +140,7 @@ def generate_sets(
     progress: bool = False,
     guard=None,
     one_call: bool = False,
+    seconds: dict | None = None,
 ) -> dict[str, list[list[list[str]]]]:
     """Every generation of an evaluation: each strategy's samples of `sets["forget"]` (when given) and
     the greedy answers of every other set. `out[set][job][item]` is that item's texts, a job per strategy
@@ -146,7 +148,9 @@ def generate_sets(
     `one_call` makes them the jobs of one call instead, their rows sharing batches (not with a guard,
     whose processor is keyed by one prompt list). That is not faster: on the demo's sets it took 1.15x
     the time (`bench/eval_sets.py`), mixed batches carrying rows that ended long before the batch's
-    longest."""
+    longest. `seconds`, when given, receives each set's generation time ({set: s}; one "all" entry with
+    `one_call`)."""
+    seconds = {} if seconds is None else seconds
     greedy = make_strategies(["greedy"], 1, tok.reasoning)[0]
     jobs = {
         key: [(prompts_for(items, tok, guard), st) for st in (strategies if key == "forget" else [greedy])]
@@ -154,15 +158,18 @@ def generate_sets(
     }
     if one_call and guard is None:
         flat = [job for key_jobs in jobs.values() for job in key_jobs]
+        t = time.perf_counter()
         outs = iter(
             generate_many(
                 model, tok.tok, flat, gen, chat=tok.chat, progress="generation" if progress else None
             )
         )
+        seconds["all"] = round(time.perf_counter() - t, 1)
         return {key: [next(outs) for _ in key_jobs] for key, key_jobs in jobs.items()}
-    labels = {"forget": "forget samples"}
-    return {
-        key: generate_many(
+    labels, out = {"forget": "forget samples"}, {}
+    for key, key_jobs in jobs.items():
+        t = time.perf_counter()
+        out[key] = generate_many(
             model,
             tok.tok,
             key_jobs,
@@ -171,8 +178,8 @@ def generate_sets(
             progress=labels.get(key, key) if progress else None,
             **_guarded(guard, sets[key]),
         )
-        for key, key_jobs in jobs.items()
-    }
+        seconds[key] = round(time.perf_counter() - t, 1)
+    return out
 
 
 def score_forget(
