@@ -384,7 +384,7 @@ def weighted_median(values: list[float], weights: list[float]) -> float:
 def machine() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    from cipo_fast.train.precision import cpu_model
+    from cipo_fast.train.precision import cpu_isa, cpu_model
 
     cpu = cpu_model()
     mem = None
@@ -402,6 +402,7 @@ def machine() -> dict:
             versions[pkg] = None
     return {
         "cpu": cpu,
+        "cpu_isa": cpu_isa(),
         "cores": os.cpu_count(),
         "memory_gib": mem,
         "python": platform.python_version(),

@@ -25,6 +25,7 @@ from common import REPO, publish
 sys.path.insert(0, str(REPO))
 
 from cipo_fast.comparison import METHODS, compare_table, summarize_sweep, sweep_settings, sweep_table
+from cipo_fast.comparison_record import same_host_type
 
 DEFAULT_RECORD = REPO / "docs" / "results" / "demo_compare.json"
 BASE_LR = 1e-4  # `cipo-fast demo --lr` default, the base of every sweep but R²MU's
@@ -36,17 +37,18 @@ def expected_settings(base_lr: float = BASE_LR) -> dict[str, list[str]]:
 
 
 def group(record: dict, digest: str) -> list[str]:
-    """`digest` and its siblings: the targets whose own row has its recipe and host, most settings first."""
+    """`digest` and its siblings: the targets whose own row has its recipe and host type
+    (`comparison_record.same_host_type`), most settings first."""
     targets = record.get("targets", {})
     own = targets[digest].get("target") or {}
-    recipe, host = own.get("recipe"), own.get("host")
+    recipe, host, isa = own.get("recipe"), own.get("host"), own.get("cpu_isa")
     sib = [
         d
         for d, e in targets.items()
         if d != digest
         and recipe is not None
         and (e.get("target") or {}).get("recipe") == recipe
-        and (e.get("target") or {}).get("host") == host
+        and same_host_type(e.get("target") or {}, host, isa)
     ]
     return [digest, *sorted(sib, key=lambda d: -count(targets[d].get("settings", {})))]
 

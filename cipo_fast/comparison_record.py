@@ -36,7 +36,7 @@ import subprocess
 from pathlib import Path
 
 from cipo_fast.data.io import write_json
-from cipo_fast.train.precision import cpu_model
+from cipo_fast.train.precision import cpu_isa, cpu_model
 
 KIND = "cipo-fast compare record"
 
@@ -108,6 +108,14 @@ def revision() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def same_host_type(target_row: dict, host: str | None, isa: str | None) -> bool:
+    """Whether a target's own row was written on a host of model name `host` and instruction set `isa`
+    (`precision.cpu_isa`); a row or caller without an instruction set (rows before 2026-12-07) matches on
+    the name alone."""
+    theirs = target_row.get("cpu_isa")
+    return target_row.get("host") == host and (theirs is None or isa is None or theirs == isa)
+
+
 class CompareRecord:
     """The entry of one target's weights in a record file (created on the first `put`); with `recipe`,
     also its siblings' settings (module docstring)."""
@@ -145,13 +153,13 @@ class CompareRecord:
         first (none without a recipe)."""
         if self.recipe is None:
             return []
-        host = cpu_model()
+        host, isa = cpu_model(), cpu_isa()
         found = [
             d
             for d, e in self.data["targets"].items()
             if d != self.digest
             and (e.get("target") or {}).get("recipe") == self.recipe
-            and (e.get("target") or {}).get("host") == host
+            and same_host_type(e.get("target") or {}, host, isa)
         ]
         return sorted(
             found, key=lambda d: -sum(map(len, self.data["targets"][d].get("settings", {}).values()))
@@ -186,6 +194,7 @@ class CompareRecord:
             **row,
             **stamp,
             "host": cpu_model(),
+            "cpu_isa": cpu_isa(),
             "revision": revision(),
         }
         write_json(self.path, self.data)
@@ -194,5 +203,5 @@ class CompareRecord:
         """The target's own headline (what the table's first row shows)."""
         entry = self._merged()["targets"].setdefault(self.digest, {"settings": {}})
         recipe = {} if self.recipe is None else {"recipe": self.recipe}
-        entry["target"] = {**row, **recipe, "host": cpu_model(), "revision": revision()}
+        entry["target"] = {**row, **recipe, "host": cpu_model(), "cpu_isa": cpu_isa(), "revision": revision()}
         write_json(self.path, self.data)

@@ -252,6 +252,15 @@ def test_compare_record_takes_settings_from_targets_of_the_same_recipe_and_host(
     assert cpu_model() != "another CPU"
     path.write_text(json.dumps(data))
     assert CompareRecord(path, "b" * 64, recipe="r1").get("ga", "lr=1") is None  # another host type
+    from cipo_fast.comparison_record import cpu_isa
+
+    data["targets"]["a" * 64]["target"].update(host=cpu_model(), cpu_isa="not " + cpu_isa())
+    path.write_text(json.dumps(data))  # one model name, another instruction set: another host type
+    assert CompareRecord(path, "b" * 64, recipe="r1").get("ga", "lr=1") is None
+    del data["targets"]["a" * 64]["target"]["cpu_isa"]  # rows from before the field match on the name
+    path.write_text(json.dumps(data))
+    assert CompareRecord(path, "b" * 64, recipe="r1").get("ga", "lr=1")["target_sha256"] == "a" * 64
+    assert json.loads(path.read_text())["targets"]["b" * 64]["target"]["cpu_isa"] == cpu_isa()
     # the tables merge a group into one sweep and say where each setting came from
     import sys
     from pathlib import Path

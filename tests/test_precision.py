@@ -22,6 +22,21 @@ def test_bf16_units_come_from_the_cpu_flags(text, units):
     assert precision.has_bf16_flags(text) is units
 
 
+@pytest.mark.parametrize(
+    ("text", "isa"),
+    [
+        (ZEN4_FLAGS, "avx512_bf16"),
+        (XEON_FLAGS, "avx512f"),
+        ("flags\t\t: fpu sse2 avx avx2 fma\n", "avx2"),
+        ("flags\t\t: fpu avx512f amx_bf16 amx_tile avx512_bf16\n", "amx_bf16"),
+        ("flags\t\t: fpu sse2\n", "other"),
+        ("", "other"),
+    ],
+)
+def test_instruction_set_is_the_widest_flag_listed(text, isa):
+    assert precision.isa_of(text) == isa
+
+
 def test_autocast_choice(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for units in (True, False):

@@ -51,12 +51,37 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def has_bf16_flags(cpuinfo: str) -> bool:
-    """Whether a /proc/cpuinfo text lists a bf16 instruction flag (`BF16_FLAGS`)."""
+ISA_LEVELS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # widest first
+
+
+@functools.cache
+def cpu_isa() -> str:
+    """The widest of `ISA_LEVELS` this CPU lists (Linux: /proc/cpuinfo flags), else "other". One model
+    name can cover several: the "AMD EPYC" hosts here came with avx512_bf16 and, on 2026-12-07, with
+    avx2 only, and trained the same recipe to other weights."""
+    try:
+        return isa_of(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return "other"
+
+
+def isa_of(cpuinfo: str) -> str:
+    """`cpu_isa` of a /proc/cpuinfo text."""
+    flags = _flags(cpuinfo)
+    return next((f for f in ISA_LEVELS if f in flags), "other")
+
+
+def _flags(cpuinfo: str) -> set[str]:
     flags = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags |= set(line.partition(":")[2].split())
+    return flags
+
+
+def has_bf16_flags(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text lists a bf16 instruction flag (`BF16_FLAGS`)."""
+    flags = _flags(cpuinfo)
     return any(f in flags for f in BF16_FLAGS)
 
 
