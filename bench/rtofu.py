@@ -54,6 +54,7 @@ from cipo_fast.comparison import (
     sweep_settings,
     sweep_table,
 )
+from cipo_fast.model.generation import STRATEGY_NAMES
 
 RESULT = OUT / "rtofu.json"
 PLOT = REPO / "docs" / "results" / "rtofu_pareto.png"
@@ -110,6 +111,13 @@ def parse(argv=None) -> argparse.Namespace:
         "target's 40 greedy traces never closed their think block (no answer to score)",
     )
     p.add_argument("--eval-samples", type=int, default=1)
+    p.add_argument(
+        "--eval-strategies",
+        nargs="+",
+        default=list(STRATEGY_NAMES),
+        choices=list(STRATEGY_NAMES),
+        help="decoding strategies of every evaluation (default: all; the worst leaks are over these only)",
+    )
     p.add_argument(
         "--cpu-autocast",
         default="off",
@@ -181,6 +189,7 @@ def demo_config(a: argparse.Namespace, compare_at: tuple[str, ...] = ()):
         rounds=1 if a.smoke else a.rounds,
         lr=a.lr,
         eval_samples=a.eval_samples,
+        eval_strategies=tuple(a.eval_strategies),
         cpu_autocast=a.cpu_autocast,
         max_new_tokens=8 if a.smoke else a.max_new_tokens,
         batch_size=2 if a.smoke else 8,
@@ -321,6 +330,7 @@ def main(argv=None) -> dict:
         "sft": {"epochs": a.sft_epochs, "lr": a.sft_lr},
         "cpu_autocast": a.cpu_autocast,
         "settings": a.settings,
+        "eval_strategies": list(a.eval_strategies),
         **({"demo_best": chosen} if chosen is not None else {}),
     }
     if a.target_only:

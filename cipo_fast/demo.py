@@ -31,6 +31,7 @@ from cipo_fast.comparison import METHODS as COMPARED
 from cipo_fast.config import CipoConfig, R2muConfig, TrainConfig
 from cipo_fast.data.io import read_jsonl, read_log, write_json, write_jsonl
 from cipo_fast.data.items import gsm8k_target
+from cipo_fast.model.generation import STRATEGY_NAMES
 from cipo_fast.options import check_fields, opt
 from cipo_fast.train.run_dir import MARKER, interrupted, read_marker, run_kind
 
@@ -57,6 +58,12 @@ class DemoConfig:
     max_pairs_per_item: int = opt(6, "CiPO pairs per forget item and round", ge=1)
     eval_samples: int = opt(2, "evaluation samples per sampling strategy", ge=1)
     max_new_tokens: int = opt(128, "new tokens per generation (evaluation and CiPO sampling)", ge=1)
+    eval_strategies: tuple[str, ...] = opt(
+        STRATEGY_NAMES,
+        "decoding strategies of every evaluation (the worst leak is the worst over these; fewer make a "
+        "costly evaluation cheaper and its worst case weaker)",
+        choices=STRATEGY_NAMES,
+    )
     compare: bool = opt(False, "also run the other methods with CiPO's budget, a learning-rate sweep each")
     compare_methods: tuple[str, ...] = opt(
         tuple(COMPARED), "methods of --compare (cipo_fast.comparison)", choices=tuple(COMPARED)
@@ -91,6 +98,7 @@ class DemoConfig:
     def __post_init__(self):  # fails before the minutes of SFT that come before the first TrainConfig
         object.__setattr__(self, "compare_methods", tuple(self.compare_methods))
         object.__setattr__(self, "compare_at", tuple(self.compare_at))
+        object.__setattr__(self, "eval_strategies", tuple(self.eval_strategies))
         check_fields(self)
         pinned_lrs(self)
 
@@ -137,6 +145,7 @@ def eval_config(
         original=original,
         guard=guard,
         samples=cfg.eval_samples,
+        strategies=cfg.eval_strategies,
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
         system_prompt=SYSTEM_PROMPT,

@@ -1,6 +1,7 @@
 """bench/rtofu.py at smoke size on the tiny model and a made-up R-TOFU-shaped data root; the data builder on
 the real files when they are there; the Pareto front against brute force."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -236,6 +237,27 @@ def test_precision_reaches_every_stage():
     bench = _bench()
     assert bench.demo_config(bench.parse(["--cpu-autocast", "bf16"])).cpu_autocast == "bf16"
     assert bench.demo_config(bench.parse([])).cpu_autocast == "off"
+
+
+def test_eval_strategies_reach_every_evaluation_and_the_default_keeps_old_fingerprints():
+    """--eval-strategies narrows every evaluation's decoding strategies; left at all of them, the
+    evaluations' settings (and so the recorded settings' fingerprints) are what they were before the
+    option existed."""
+    from cipo_fast.comparison_record import fingerprint
+    from cipo_fast.demo import eval_config
+    from cipo_fast.eval.evaluate import EvalConfig
+
+    bench = _bench()
+    data = {"forget": "f.jsonl", "retain": "r.jsonl", "arithmetic_eval": "a.jsonl"}
+    narrow = bench.demo_config(bench.parse(["--eval-strategies", "greedy", "zerothink"]))
+    assert eval_config(narrow, "m", Path("o"), data, "x").strategies == ("greedy", "zerothink")
+    full = eval_config(bench.demo_config(bench.parse([])), "m", Path("o"), data, "x")
+    made = dataclasses.asdict(full)
+    del made["strategies"]
+    assert fingerprint(full) == fingerprint(EvalConfig(**made))  # the default is EvalConfig's own
+    assert fingerprint(eval_config(narrow, "m", Path("o"), data, "x")) != fingerprint(full)
+    with pytest.raises(SystemExit):
+        bench.parse(["--eval-strategies", "beam"])
 
 
 def _demo_record(path: Path) -> Path:
