@@ -23,7 +23,7 @@ workspaces do not persist. The setting is then one trained on a float-different 
 row says which (`target_sha256`), and the tables say how many came from where.
 
     {"kind": "cipo-fast compare record", "targets": {"<sha256>": {"target": {...headline, "recipe"},
-      "settings": {"<method>": {"lr=0.0001": {...headline, "fingerprint": ..., "host": ...,
+      "settings": {"<method>": {"lr=0.0001": {...headline, "fingerprint": ..., "host": ..., "cpu_isa": ...,
       "revision": ...}}}}}}
 """
 

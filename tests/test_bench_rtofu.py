@@ -150,8 +150,8 @@ def test_pareto_front_is_the_undominated_points(points):
 
 
 def _numbers(methods: dict) -> dict:
-    """Each setting's numbers, without what the record adds (fingerprint, host, revision)."""
-    drop = {"fingerprint", "host", "revision"}
+    """Each setting's numbers, without what the record adds (fingerprint, host, its instruction set, revision)."""
+    drop = {"fingerprint", "host", "cpu_isa", "revision"}
     return {
         m: {k: {f: v for f, v in row.items() if f not in drop} for k, row in e["settings"].items()}
         for m, e in methods.items()
