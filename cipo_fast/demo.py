@@ -10,11 +10,9 @@
     report    runs/demo/report.html (before vs after), runs/demo/{before,after}/summary.json
 
 With `--compare`, every method of `cipo_fast.comparison` (CiPO as published, R-TOFU's GA / IDK grid, NPO,
-the IDK DPO forms, TRU, R²MU, the STaR and GUARD guards) trains on the same target with the same retain set,
-batch size and number of optimizer steps as CiPO used, at each learning rate of its sweep, and is
-evaluated the same way; the best setting of each method is reported with the sweep beside it
-(`--compare-at METHOD=LR` runs only that setting of a method: bench/seeds.py repeats the best ones).
-
+the IDK DPO forms, TRU, R²MU, the STaR and GUARD guards) trains on CiPO's target, retain set, batch size and
+step count at each learning rate of its sweep, evaluated the same way; each method's best setting is
+reported with the sweep beside it (`--compare-at METHOD=LR`: that setting only, as bench/seeds.py uses it).
 Every stage writes its outputs atomically and is skipped when they already exist, so an interrupted demo
 continues where it stopped (CiPO itself resumes at its last round boundary).
 """
@@ -60,8 +58,7 @@ class DemoConfig:
     max_new_tokens: int = opt(128, "new tokens per generation (evaluation and CiPO sampling)", ge=1)
     eval_strategies: tuple[str, ...] = opt(
         STRATEGY_NAMES,
-        "decoding strategies of every evaluation (the worst leak is the worst over these; fewer make a "
-        "costly evaluation cheaper and its worst case weaker)",
+        "decoding strategies of every evaluation (worst leaks: over these)",
         choices=STRATEGY_NAMES,
     )
     compare: bool = opt(False, "also run the other methods with CiPO's budget, a learning-rate sweep each")
@@ -197,13 +194,10 @@ def retain_with_arithmetic(data: dict, out: Path) -> Path:
 def compare(
     cfg: DemoConfig, target: str, data: dict, steps: int, out: Path, cipo_after: dict, record=None
 ) -> dict:
-    """Every method of `cipo_fast.comparison` that `--compare-methods` names, at each learning rate of its
-    sweep, with CiPO's budget (same steps, batch, retain set); the guards on the target. CiPO's own
-    setting at `--lr` is the demo's CiPO run (`cipo_after`, its evaluation). Returns
-    {method: {setting: headline}} (`comparison.headline`, with the setting's `wall_s`: training +
-    evaluation); every setting's run and evaluation are kept and reused by a rerun, and a setting that
-    `record` (a `comparison_record.CompareRecord` of this target's weights and recipe) holds for this
-    target, or for a sibling of its recipe on this host type, is taken from it."""
+    """Each method `--compare-methods` names at each rate of its sweep with CiPO's budget (steps, batch,
+    retain set), the guards on the target; CiPO at `--lr` is the demo's run (`cipo_after`). Returns {method:
+    {setting: headline}} (with `wall_s`: training + evaluation); runs are kept and reused, and a setting
+    `record` (`comparison_record.CompareRecord`) holds for this target or a sibling is taken from it."""
     from cipo_fast import fit
     from cipo_fast.comparison import headline, sweep_settings
     from cipo_fast.comparison_record import fingerprint, weights_digest
